@@ -1,0 +1,210 @@
+"""Robust downloads: resume, retries, an offline mirror, and never a half-written file.
+
+Every download in the repository goes through `download_file`. A file appears under its final
+name only once all of its bytes are there, so "the file exists" always means "the file is complete":
+
+    1. bytes stream into `destination + ".part"`;
+    2. a dropped connection or a timeout is retried with exponential backoff, and each retry asks
+       for the missing bytes only (`Range: bytes=N-`), so a 500 MB file does not restart at 0;
+    3. when the byte count matches the server's Content-Length, `os.replace` renames the `.part`
+       file to its final name in one atomic step.
+
+Offline machines set LLM_MIRROR to one or more bases (local directories or http(s) URLs,
+separated by os.pathsep). A URL `https://HOST/PATH` is looked up as `BASE/HOST/PATH` in every
+base, in order, before the original URL. HOST is the host name without the port, so
+`http://127.0.0.1:8000/a.txt` is looked up as `BASE/127.0.0.1/a.txt` (':' is not allowed in
+Windows file names).
+"""
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import requests
+import urllib3
+from tqdm.auto import tqdm
+
+VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+               "ch02/01_main-chapter-code/the-verdict.txt")
+
+BACKOFF_BASE_S = 0.5   # wait 0.5 s, 1 s, 2 s, ... between retries; tests set this to 0
+CHUNK_BYTES = 1 << 16  # 64 KiB: large enough to be fast, small enough for a smooth progress bar
+
+# Failures worth another try: the network hiccupped, the server is not to blame for the request.
+RETRYABLE = (
+    requests.ConnectionError,                # refused, reset, DNS, read timeout mid-body
+    requests.Timeout,                        # no answer within `timeout` seconds
+    requests.exceptions.ChunkedEncodingError,  # connection dropped mid-body
+    urllib3.exceptions.ProtocolError,        # the same, when it escapes requests' wrappers
+)
+
+
+class DownloadError(RuntimeError):
+    """Every source of a file failed; the message lists each one and why."""
+
+
+class _RetryableError(Exception):
+    """A server error (5xx) or a short body: try the same source again."""
+
+
+class _SourceError(Exception):
+    """This source cannot serve the file (e.g. 404): move on to the next one, do not retry."""
+
+
+def mirror_bases() -> list[str]:
+    """The bases in LLM_MIRROR, in order.
+
+    On Linux and macOS os.pathsep is ':', which URLs also contain (`http://host:8000/m`), so a
+    plain split would cut them apart; a regex takes `http(s)://host(:port)/path` as one item.
+    """
+    value = os.environ.get("LLM_MIRROR", "")
+    sep = re.escape(os.pathsep)
+    item = re.compile(rf"https?://[^/{sep}]+(?::\d+)?[^{sep}]*|[^{sep}]+")
+    return [m.group().strip() for m in item.finditer(value) if m.group().strip()]
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def sources_for(url: str) -> list[str]:
+    """Where to look for `url`, in order: `BASE/HOST/PATH` for each mirror base, then `url`."""
+    parts = urlsplit(url)
+    host, path = parts.hostname or "", parts.path  # host without the port; see the module doc
+    sources = []
+    for base in mirror_bases():
+        if _is_url(base):
+            sources.append(base.rstrip("/") + "/" + host + path)
+        else:  # a local directory: undo %-escapes so `a%20b.txt` is found as `a b.txt`
+            local = Path(os.path.expanduser(base), host, *unquote(path).strip("/").split("/"))
+            sources.append(str(local))
+    return sources + [url]
+
+
+def download_file(url, destination, *, progress=True, retries=3, timeout=30) -> Path:
+    """Download `url` to `destination` (str or Path) and return it as a Path.
+
+    An existing `destination` is returned at once, without touching the network: only complete
+    files ever get the final name. Otherwise each source from `sources_for(url)` is tried in turn;
+    an http source gets `retries` more attempts after the first, each resuming the `.part` file.
+    Raises DownloadError, listing every source tried, when none of them works.
+    """
+    destination = Path(destination)
+    if destination.exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(str(destination) + ".part")
+
+    failures = []  # (source, reason) for the error message
+    for source in sources_for(url):
+        try:
+            if _is_url(source):
+                _fetch_with_retries(source, part, progress, retries, timeout)
+            else:
+                _copy_from_mirror_dir(source, part)
+        except _SourceError as e:
+            failures.append((source, str(e)))
+            continue
+        os.replace(part, destination)  # atomic: readers see no file or the whole file
+        return destination
+    raise DownloadError(_failure_message(url, destination, failures))
+
+
+def _copy_from_mirror_dir(source: str, part: Path) -> None:
+    """Copy a file from a local mirror directory to `part` (the caller renames it)."""
+    if not os.path.isfile(source):
+        raise _SourceError("not in mirror dir")
+    try:
+        shutil.copyfile(source, part)
+    except OSError as e:
+        raise _SourceError(f"copy failed: {e}") from e
+
+
+def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, timeout: float) -> None:
+    """Stream `url` into `part`, retrying network failures with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, progress, timeout)
+            return
+        except (_RetryableError, *RETRYABLE) as e:
+            reason = _reason(e)
+            if attempt == retries:
+                raise _SourceError(f"{reason} (gave up after {retries + 1} attempts)") from e
+            time.sleep(BACKOFF_BASE_S * 2 ** attempt)
+
+
+def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
+    """One HTTP request: resume `part` if the server allows it, else start it over."""
+    have = part.stat().st_size if part.exists() else 0
+    # identity: byte counts must match Content-Length, and Range on gzip'd bodies means nothing
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+        if r.status_code == 416:  # we asked past the end: the .part is damaged, start over
+            part.unlink()
+            raise _RetryableError("416 Range Not Satisfiable; restarting from byte 0")
+        if 400 <= r.status_code < 500:  # the request itself is wrong: another try won't help
+            raise _SourceError(f"{r.status_code} {r.reason}")
+        if r.status_code >= 500:  # the server is struggling: worth another try
+            raise _RetryableError(f"{r.status_code} {r.reason}")
+
+        resuming = r.status_code == 206 and _range_start(r) == have
+        start = have if resuming else 0  # a 200 (or a strange 206) sends the whole file again
+        length = r.headers.get("Content-Length")
+        expected = start + int(length) if length is not None else None
+        with open(part, "ab" if resuming else "wb") as f, \
+                tqdm(total=expected, initial=start, unit="B", unit_scale=True,
+                     desc=part.stem, disable=not progress) as bar:
+            for chunk in r.iter_content(CHUNK_BYTES):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+    size = part.stat().st_size
+    if expected is not None and size != expected:
+        if size > expected:  # more bytes than the file has: the .part is garbage
+            part.unlink()
+        raise _RetryableError(f"short body: got {size} of {expected} bytes")
+
+
+def _range_start(r: requests.Response) -> int | None:
+    """First byte of a 206 answer, from `Content-Range: bytes START-END/TOTAL`."""
+    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
+    return int(m.group(1)) if m else None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for the error message ("Connection refused"), not requests' long repr."""
+    if isinstance(exc, _RetryableError):
+        return str(exc)
+    root = exc
+    for _ in range(20):  # the root cause sits at the end of the exception chain
+        nxt = root.__cause__ or root.__context__
+        if nxt is None:
+            break
+        root = nxt
+    if isinstance(root, TimeoutError) or isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(root, OSError) and root.strerror:  # e.g. "Connection refused"
+        return root.strerror
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+        return f"connection dropped mid-transfer ({root!r})"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _failure_message(url: str, destination: Path, failures: list[tuple[str, str]]) -> str:
+    """Say what was tried, why each failed, and what to do about it."""
+    tried = "\n".join(f"  - {source}: {reason}" for source, reason in failures)
+    mirror = os.environ.get("LLM_MIRROR")
+    hint = (f"LLM_MIRROR is {mirror!r}; check that the file is there as BASE/HOST/PATH"
+            if mirror else "LLM_MIRROR is not set")
+    return (f"could not download {url}\n  to {destination}\ntried:\n{tried}\n"
+            f"Check your network connection, or set LLM_MIRROR to a local directory or http(s) "
+            f"URL that holds a copy laid out as BASE/HOST/PATH ({hint}).")
+
+
+def get_the_verdict(data_dir="data") -> Path:
+    """Edith Wharton's short story "The Verdict" (about 20 KB), chapter 2's training text."""
+    return download_file(VERDICT_URL, Path(data_dir) / "the-verdict.txt")

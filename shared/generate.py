@@ -1,0 +1,125 @@
+"""Turning a model's next-token logits into text: greedy decoding, temperature, top-k, a KV cache."""
+import contextlib
+
+import torch
+
+
+def generate_text_simple(model, idx, max_new_tokens, context_size):
+    """Greedy decoding, as chapter 4 writes it: append the most likely token, one at a time."""
+    check_prompt(idx, max_new_tokens)
+    for _ in range(max_new_tokens):
+        idx_cond = idx[:, -context_size:]  # the model sees at most context_size tokens
+        with torch.no_grad():
+            logits = model(idx_cond)        # (B, T, vocab)
+        idx_next = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def check_prompt(idx, max_new_tokens):
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a (batch, tokens) tensor of ids, got {shape}; "
+                         "use text_to_token_ids(), which adds the batch dimension")
+    if idx.size(1) == 0:
+        raise ValueError("the prompt is empty: give at least one token (e.g. <|endoftext|>)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+
+def check_sampling(temperature, top_k):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be a positive number of tokens (or None for no limit), got {top_k}")
+
+
+def sample_next_token(logits, temperature=0.0, top_k=None):
+    """Pick one token per row from logits (B, vocab) -> (B, 1).
+
+    top_k keeps the k largest logits and sets the rest to -inf. temperature divides the logits
+    before the softmax: < 1 sharpens the distribution, > 1 flattens it, 0 means argmax (greedy).
+    """
+    if top_k is not None:
+        k = min(top_k, logits.size(-1))
+        kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if temperature > 0.0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(probs, num_samples=1)
+    return logits.argmax(dim=-1, keepdim=True)
+
+
+def _unwrap(model):
+    """The GPTModel inside a DistributedDataParallel or torch.compile wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Sample without dropout, then give the model back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _next_logits(model, seq, context_size, cache):
+    """Logits (B, vocab) for the token after `seq`, looking at its last context_size tokens.
+
+    With a cache, only the newest token is run through the model. Once the sequence is longer
+    than the window, the window slides and every position changes, so the cache is rebuilt from the
+    window: the result is then exactly the uncached one, not an approximation.
+    """
+    if cache is None:
+        return model(seq[:, -context_size:], last_only=True)[:, -1, :]
+    if cache.length == 0 or seq.size(1) > context_size:
+        cache.reset()
+        return model(seq[:, -context_size:], kv_cache=cache, last_only=True)[:, -1, :]
+    return model(seq[:, -1:], kv_cache=cache, last_only=True)[:, -1, :]
+
+
+def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
+                    eos_id=None, use_cache=False):
+    """Yield the next tokens, a (B, 1) tensor per step, as `generate` produces them.
+
+    Rows that have produced `eos_id` keep yielding eos_id as padding; the stream ends early when
+    every row has finished (the step in which the last row finishes is not yielded).
+    """
+    check_prompt(idx, max_new_tokens)
+    check_sampling(temperature, top_k)
+    core = _unwrap(model)
+    vocab_limit = getattr(core, "tokenizer_vocab_size", None)
+    cache = core.new_kv_cache(idx.size(0), max_len=context_size) if use_cache else None
+    finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+    seq = idx
+    with _eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits = _next_logits(core if use_cache else model, seq, context_size, cache)
+            if vocab_limit is not None and logits.size(-1) > vocab_limit:
+                logits[:, vocab_limit:] = float("-inf")  # padded ids no tokenizer can decode
+            idx_next = sample_next_token(logits.float(), temperature, top_k)
+            if eos_id is not None:
+                idx_next = idx_next.masked_fill(finished, eos_id)
+                finished |= idx_next == eos_id
+                if finished.all():
+                    return
+            seq = torch.cat((seq, idx_next), dim=1)
+            yield idx_next
+
+
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
+             use_cache=False):
+    """Extend idx (B, T) by up to max_new_tokens tokens; returns (B, T + new).
+
+    temperature=0 is greedy; top_k=1 is greedy too. With eos_id, each row stops at its own
+    end-of-text token (the token is not appended when every row has finished), and finished rows
+    are padded with eos_id while the others go on. use_cache=True gives the same tokens, faster.
+    """
+    new_tokens = list(generate_stream(model, idx, max_new_tokens, context_size, temperature,
+                                      top_k, eos_id, use_cache))
+    return torch.cat([idx, *new_tokens], dim=1)

@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests run offline: LLM_MIRROR points at ../shared/mirror when it is not set."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared"
+
+if not os.environ.get("LLM_MIRROR") and (SHARED_DATA / "mirror").is_dir():
+    os.environ["LLM_MIRROR"] = str(SHARED_DATA / "mirror")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from shared.tokenizer import get_tokenizer
+    return get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def verdict_text(tmp_path_factory):
+    from shared.download import get_the_verdict
+    path = get_the_verdict(tmp_path_factory.mktemp("verdict"))
+    return Path(path).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tinystories_sample():
+    """Paths of the ~200 KB TinyStories sample (stories separated by blank lines)."""
+    train = SHARED_DATA / "data" / "tinystories-sample-train.txt"
+    valid = SHARED_DATA / "data" / "tinystories-sample-valid.txt"
+    if not train.exists():
+        pytest.skip("../shared/data/tinystories-sample-*.txt not found")
+    return train, valid

@@ -1,0 +1,252 @@
+"""shared.download against real HTTP servers on 127.0.0.1 (stdlib http.server, no network)."""
+import collections
+import os
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared import download
+from shared.download import DownloadError, download_file, get_the_verdict, mirror_bases, sources_for
+
+REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
+BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
+
+
+class FakeServer:
+    """Serves `files` (path -> bytes); records every request's path and Range header.
+
+    Paths in `drop_first` get half the body on their first request, then the socket closes.
+    Paths in `short` always get half of what Content-Length promises (a lying server).
+    Paths in `ignore_range` always answer 200 with the whole body.
+    Paths in `fail_first` answer 503 to their first request.
+    """
+
+    def __init__(self):
+        self.files, self.counts, self.ranges = {}, collections.Counter(), collections.defaultdict(list)
+        self.drop_first, self.short, self.ignore_range, self.fail_first = set(), set(), set(), set()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def url(self, path):
+        return self.base + path
+
+    def _handler(server):  # noqa: N805 -- `server` is the FakeServer, `self` the request
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest's output clean
+                pass
+
+            def do_GET(self):
+                server.counts[self.path] += 1
+                server.ranges[self.path].append(self.headers.get("Range"))
+                first = server.counts[self.path] == 1
+                if self.path not in server.files:
+                    return self.send_error(404)
+                if self.path in server.fail_first and first:
+                    return self.send_error(503)
+                body = server.files[self.path]
+                m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                start = int(m.group(1)) if m and self.path not in server.ignore_range else 0
+                if start >= len(body) > 0:
+                    return self.send_error(416)
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                payload = body[start:]
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.path in server.short or (self.path in server.drop_first and first):
+                    payload = body[start:start + len(payload) // 2]  # then the socket closes
+                self.wfile.write(payload)
+        return Handler
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No mirror unless a test sets one, no waiting between retries, no proxy for 127.0.0.1."""
+    monkeypatch.delenv("LLM_MIRROR", raising=False)
+    monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server():
+    with FakeServer() as s:
+        s.files["/files/a.bin"] = BODY
+        yield s
+
+
+@pytest.fixture
+def mirror_server():
+    with FakeServer() as s:
+        yield s
+
+
+def closed_port() -> int:
+    """A port nothing listens on, so connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_full_download(server, tmp_path):
+    dest = tmp_path / "sub" / "dir" / "a.bin"  # parent directories do not exist yet
+    got = download_file(server.url("/files/a.bin"), str(dest))  # str accepted, progress bar on
+    assert got == dest and isinstance(got, Path)
+    assert dest.read_bytes() == BODY
+    assert not Path(str(dest) + ".part").exists()
+    assert server.ranges["/files/a.bin"] == [None]
+
+
+def test_skip_when_complete(server, tmp_path):
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert server.counts["/files/a.bin"] == 1
+    dest.write_bytes(b"already here")  # whatever is under the final name is used as it is
+    assert download_file(server.url("/files/a.bin"), dest, progress=False) == dest
+    assert server.counts["/files/a.bin"] == 1  # the second call made no request
+    assert dest.read_bytes() == b"already here"
+
+
+def test_resume_after_dropped_connection(server, tmp_path):
+    server.drop_first.add("/files/a.bin")
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    first, second = server.ranges["/files/a.bin"]
+    assert first is None
+    n = int(re.fullmatch(r"bytes=(\d+)-", second).group(1))
+    assert n == len(BODY) // 2  # asked only for the missing half
+    assert dest.read_bytes() == BODY
+    assert not Path(str(dest) + ".part").exists()
+
+
+def test_resume_part_file_from_earlier_run(server, tmp_path):
+    dest = tmp_path / "a.bin"
+    Path(str(dest) + ".part").write_bytes(BODY[:3000])
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
+    assert dest.read_bytes() == BODY
+
+
+def test_server_ignoring_range_starts_over(server, tmp_path):
+    server.ignore_range.add("/files/a.bin")
+    dest = tmp_path / "a.bin"
+    Path(str(dest) + ".part").write_bytes(b"x" * 3000)  # would corrupt the file if appended to
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
+    assert dest.read_bytes() == BODY
+
+
+def test_404_raises_without_retry(server, tmp_path):
+    url = server.url("/files/missing.bin")
+    with pytest.raises(DownloadError) as info:
+        download_file(url, tmp_path / "missing.bin", progress=False)
+    assert url in str(info.value) and "404" in str(info.value)
+    assert server.counts["/files/missing.bin"] == 1  # 4xx: no retry
+    assert not (tmp_path / "missing.bin").exists()
+
+
+def test_5xx_is_retried(server, tmp_path):
+    server.fail_first.add("/files/a.bin")
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert server.counts["/files/a.bin"] == 2
+    assert dest.read_bytes() == BODY
+
+
+def test_content_length_mismatch_never_renames(server, tmp_path):
+    server.short.add("/files/a.bin")
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError, match="gave up after 3 attempts"):
+        download_file(server.url("/files/a.bin"), dest, progress=False, retries=2)
+    assert server.counts["/files/a.bin"] == 3  # the first attempt and two retries
+    assert not dest.exists()
+
+
+def test_mirror_dir_used_before_network(server, tmp_path, monkeypatch):
+    # the mirror drops the port: http://127.0.0.1:PORT/files/a.bin -> BASE/127.0.0.1/files/a.bin
+    mirror = tmp_path / "mirror"
+    (mirror / "127.0.0.1" / "files").mkdir(parents=True)
+    (mirror / "127.0.0.1" / "files" / "a.bin").write_bytes(b"from the mirror")
+    monkeypatch.setenv("LLM_MIRROR", str(mirror))
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert dest.read_bytes() == b"from the mirror"
+    assert sum(server.counts.values()) == 0
+    assert not Path(str(dest) + ".part").exists()
+
+
+def test_mirror_dir_without_the_file_falls_back_to_network(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_MIRROR", str(tmp_path / "empty-mirror"))
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert dest.read_bytes() == BODY
+    assert server.counts["/files/a.bin"] == 1
+
+
+def test_http_mirror_tried_before_original(server, mirror_server, tmp_path, monkeypatch):
+    mirror_server.files["/m/127.0.0.1/files/a.bin"] = b"from the http mirror"
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(tmp_path / "empty"), mirror_server.url("/m/")]))
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert dest.read_bytes() == b"from the http mirror"
+    assert mirror_server.counts["/m/127.0.0.1/files/a.bin"] == 1
+    assert sum(server.counts.values()) == 0
+
+
+def test_mirror_bases_keeps_urls_with_ports(monkeypatch):
+    bases = ["/data/mirror", "http://127.0.0.1:8000/m", "https://example.com", "relative/dir"]
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep + os.pathsep.join(bases) + os.pathsep)
+    assert mirror_bases() == bases
+    monkeypatch.setenv("LLM_MIRROR", "")
+    assert mirror_bases() == []
+
+
+def test_sources_for_order(monkeypatch):
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join(["/data/mirror", "http://127.0.0.1:8000/m/"]))
+    assert sources_for("https://example.com:443/a/b.txt") == [
+        str(Path("/data/mirror", "example.com", "a", "b.txt")),
+        "http://127.0.0.1:8000/m/example.com/a/b.txt",
+        "https://example.com:443/a/b.txt",
+    ]
+
+
+def test_error_lists_every_place_tried(mirror_server, tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{closed_port()}/files/a.bin"  # the original: connection refused
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(tmp_path / "mirror"), mirror_server.base]))
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError) as info:
+        download_file(url, dest, progress=False, retries=1)
+    message = str(info.value)
+    local, remote, original = sources_for(url)
+    assert f"{local}: not in mirror dir" in message
+    assert f"{remote}: 404" in message
+    assert re.search(re.escape(original) + r": connection refused", message, re.IGNORECASE)
+    assert "LLM_MIRROR" in message and "network" in message
+    assert not dest.exists()
+
+
+def test_get_the_verdict_from_real_mirror(tmp_path, monkeypatch):
+    if not (REAL_MIRROR / "raw.githubusercontent.com").is_dir():
+        pytest.skip(f"{REAL_MIRROR} not found")
+    monkeypatch.setenv("LLM_MIRROR", str(REAL_MIRROR))
+    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("used the network"))
+    path = get_the_verdict(tmp_path / "data")
+    assert path == tmp_path / "data" / "the-verdict.txt"
+    text = path.read_text(encoding="utf-8")
+    assert len(text) == 20479 and text.startswith("I HAD always thought Jack Gisburn")
+    assert get_the_verdict(tmp_path / "data") == path
