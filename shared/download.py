@@ -131,7 +131,8 @@ def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, time
         except (_RetryableError, *RETRYABLE) as e:
             reason = _reason(e)
             if attempt == retries:
-                raise _SourceError(f"{reason} (gave up after {retries + 1} attempts)") from e
+                tries = f"{retries + 1} attempts" if retries else "1 attempt"
+                raise _SourceError(f"{reason} (gave up after {tries})") from e
             time.sleep(BACKOFF_BASE_S * 2 ** attempt)
 
 
@@ -154,6 +155,9 @@ def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
         resuming = r.status_code == 206 and _range_start(r) == have
         start = have if resuming else 0  # a 200 (or a strange 206) sends the whole file again
         length = r.headers.get("Content-Length")
+        # Count the bytes ourselves (below): urllib3 would raise on a short body and throw away
+        # the last chunk it read, bytes the next attempt would then have to fetch again.
+        r.raw.enforce_content_length = False
         expected = start + int(length) if length is not None else None
         with open(part, "ab" if resuming else "wb") as f, \
                 tqdm(total=expected, initial=start, unit="B", unit_scale=True,
@@ -189,7 +193,8 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(root, OSError) and root.strerror:  # e.g. "Connection refused"
         return root.strerror
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+    dropped = (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)
+    if isinstance(exc, dropped):
         return f"connection dropped mid-transfer ({root!r})"[:200]
     return f"{type(exc).__name__}: {exc}"[:200]
 
@@ -198,11 +203,10 @@ def _failure_message(url: str, destination: Path, failures: list[tuple[str, str]
     """Say what was tried, why each failed, and what to do about it."""
     tried = "\n".join(f"  - {source}: {reason}" for source, reason in failures)
     mirror = os.environ.get("LLM_MIRROR")
-    hint = (f"LLM_MIRROR is {mirror!r}; check that the file is there as BASE/HOST/PATH"
-            if mirror else "LLM_MIRROR is not set")
+    now = f"now LLM_MIRROR={mirror!r}" if mirror else "LLM_MIRROR is not set"
     return (f"could not download {url}\n  to {destination}\ntried:\n{tried}\n"
-            f"Check your network connection, or set LLM_MIRROR to a local directory or http(s) "
-            f"URL that holds a copy laid out as BASE/HOST/PATH ({hint}).")
+            f"Check your network connection, or set LLM_MIRROR to local directories or http(s) "
+            f"URLs (separated by {os.pathsep!r}) holding a copy at BASE/HOST/PATH ({now}).")
 
 
 def get_the_verdict(data_dir="data") -> Path:

@@ -27,7 +27,8 @@ class FakeServer:
     """
 
     def __init__(self):
-        self.files, self.counts, self.ranges = {}, collections.Counter(), collections.defaultdict(list)
+        self.files, self.counts = {}, collections.Counter()
+        self.ranges = collections.defaultdict(list)
         self.drop_first, self.short, self.ignore_range, self.fail_first = set(), set(), set(), set()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.httpd.server_address[1]
@@ -66,7 +67,7 @@ class FakeServer:
         return Handler
 
     def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
         return self
 
     def __exit__(self, *exc):
@@ -200,7 +201,8 @@ def test_mirror_dir_without_the_file_falls_back_to_network(server, tmp_path, mon
 
 def test_http_mirror_tried_before_original(server, mirror_server, tmp_path, monkeypatch):
     mirror_server.files["/m/127.0.0.1/files/a.bin"] = b"from the http mirror"
-    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(tmp_path / "empty"), mirror_server.url("/m/")]))
+    bases = [str(tmp_path / "empty"), mirror_server.url("/m/")]
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join(bases))
     dest = tmp_path / "a.bin"
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert dest.read_bytes() == b"from the http mirror"
@@ -227,7 +229,8 @@ def test_sources_for_order(monkeypatch):
 
 def test_error_lists_every_place_tried(mirror_server, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{closed_port()}/files/a.bin"  # the original: connection refused
-    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(tmp_path / "mirror"), mirror_server.base]))
+    bases = [str(tmp_path / "mirror"), mirror_server.base]
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join(bases))
     dest = tmp_path / "a.bin"
     with pytest.raises(DownloadError) as info:
         download_file(url, dest, progress=False, retries=1)
