@@ -1,4 +1,9 @@
 """Data pipelines: chapter 2's sliding-window dataset over one text, and chapter 6's memmap batches."""
+import json
+import mmap
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -49,3 +54,84 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
             "a shorter context")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers)
+
+
+# --- Chapter 6: random batches from a token file on disk -------------------------------------------
+#
+# `python -m shared.prepare_tinystories` turns TinyStories into train.bin / val.bin: one long array of
+# uint16 token ids per split (GPT-2's 50257 ids fit in 16 bits). Training never loads such a file:
+# np.memmap maps it into the address space and each batch copies only the B windows it needs, so a
+# 1 GB file costs no more RAM than a 1 MB one.
+
+def load_tokens(path) -> np.memmap:
+    """Map a token file read-only; its dtype comes from meta.json beside it (uint16 without one).
+
+    When meta.json lists the file, its size is checked against the recorded token count, so a
+    truncated or foreign file fails here instead of training on garbage.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; create it with `python -m shared.prepare_tinystories`")
+    dtype, expected = np.dtype(np.uint16), None
+    meta_path = path.parent / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        dtype = np.dtype(meta.get("dtype", "uint16"))
+        split = next((s for s in meta.get("splits", {}).values() if s.get("file") == path.name), None)
+        expected = split["tokens"] if split else None
+    size = path.stat().st_size
+    if size == 0 or size % dtype.itemsize:
+        raise ValueError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; "
+                         "re-run `python -m shared.prepare_tinystories`")
+    if expected is not None and size != expected * dtype.itemsize:
+        raise ValueError(f"{path} holds {size // dtype.itemsize} tokens but {meta_path} says {expected}; "
+                         "the file is incomplete or from another run: re-run "
+                         "`python -m shared.prepare_tinystories`")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _map_for_one_batch(data):
+    """A fresh map of `data`'s file, used for one batch and then closed (nanoGPT does the same).
+
+    Pages read through a map stay mapped, and counted in the process's resident memory, for as
+    long as the map lives; over many random batches a long-lived map would slowly pull the whole
+    file into RSS. A map that lives for one batch releases its pages when it is closed. Anything
+    other than a whole-file memmap (an ndarray, a slice of a memmap) is used as it is.
+    """
+    if isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap) and data.filename:
+        return np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset,
+                         shape=data.shape)
+    return data
+
+
+def get_batch(data, batch_size, block_size, device="cpu", generator=None):
+    """B random windows of `block_size` + 1 tokens from `data`, as inputs x and targets y.
+
+    x[b, t] is token start_b + t and y[b, t] the one after it, both int64 (B, T) on `device`.
+    Window starts come from torch.randint(len(data) - block_size, (B,), generator=generator), so
+    a seeded CPU torch.Generator makes the batches reproducible. Only the B windows are read from
+    the file. On CUDA the batch goes through pinned memory with a non-blocking copy, so the
+    transfer overlaps with the GPU work already queued.
+    """
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
+    n = len(data)
+    if n < block_size + 1:
+        raise ValueError(f"the token file has {n} tokens, but a window of block_size={block_size} "
+                         f"needs {block_size + 1} (inputs plus the shifted target); use a smaller "
+                         "block_size or more data")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("get_batch draws window starts on the CPU: pass a CPU torch.Generator")
+    starts = torch.randint(n - block_size, (batch_size,), generator=generator).tolist()
+    source = _map_for_one_batch(data)
+    windows = np.stack([source[i:i + block_size + 1] for i in starts])  # (B, T+1), copies B windows
+    del source  # close the batch's map before returning
+    windows = torch.from_numpy(windows.astype(np.int64))
+    device = torch.device(device)
+    if device.type == "cuda":
+        windows = windows.pin_memory().to(device, non_blocking=True)
+    else:
+        windows = windows.to(device)
+    x = windows[:, :-1].contiguous()  # (B, T) tokens start .. start+T-1
+    y = windows[:, 1:].contiguous()   # (B, T) tokens start+1 .. start+T: the next token at each t
+    return x, y

@@ -1,0 +1,42 @@
+"""Download OpenAI's GPT-2 weights and read them into numpy arrays.
+
+    python gpt_download.py --model-size 124M --models-dir gpt2
+
+fetches checkpoint, encoder.json, hparams.json, model.ckpt.{data-00000-of-00001,index,meta} and
+vocab.bpe into gpt2/124M/ (resumable, through LLM_MIRROR when set), reads the TensorFlow checkpoint
+and caches its arrays in gpt2/124M/params.safetensors, so the next run needs no TensorFlow.
+
+From Python, as in the book:
+
+    from gpt_download import download_and_load_gpt2
+    settings, params = download_and_load_gpt2(model_size="124M", models_dir="gpt2")
+
+The code lives in shared/gpt2.py, so notebooks and `python -m shared.sample` can import it from
+any folder; this file is the chapter's familiar entry point.
+"""
+import argparse
+import sys
+import time
+
+from shared.gpt2 import GPT2_SIZES, PARAMS_CACHE, download_and_load_gpt2
+
+__all__ = ["download_and_load_gpt2"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Download GPT-2 and cache its weights.")
+    parser.add_argument("--model-size", default="124M", choices=GPT2_SIZES)
+    parser.add_argument("--models-dir", default="gpt2", help="parent folder of <size>/ (default: gpt2)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    settings, params = download_and_load_gpt2(args.model_size, args.models_dir)
+    seconds = time.perf_counter() - start
+    print(f"GPT-2 {args.model_size}: {settings}")
+    print(f"{len(params['blocks'])} blocks, token embedding {tuple(params['wte'].shape)}; "
+          f"loaded in {seconds:.1f} s, cached in {args.models_dir}/{args.model_size}/{PARAMS_CACHE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

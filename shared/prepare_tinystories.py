@@ -1,0 +1,305 @@
+"""Prepare TinyStories once: tokenise every story with GPT-2's BPE and write train.bin / val.bin.
+
+    python -m shared.prepare_tinystories                      # download the official text files
+    python -m shared.prepare_tinystories --train-file T.txt --val-file V.txt
+    python -m shared.prepare_tinystories --source hf          # the Hugging Face dataset via `datasets`
+
+Each output file is one long array of uint16 token ids (GPT-2's 50257 ids fit in 16 bits): the
+tokens of story 1, then <|endoftext|> (50256), then story 2, then <|endoftext|>, and so on.
+Training maps it with np.memmap and reads only the windows each batch needs
+(shared.data.load_tokens / get_batch), so the corpus is tokenised once, never per run.
+
+Where one story ends:
+  * a text file with at least one line that is exactly <|endoftext|> (the official
+    TinyStories-train.txt / TinyStories-valid.txt): those lines separate the stories;
+  * a text file without such a line (e.g. a small sample): a blank line ends a story. A sample
+    that also puts blank lines between the paragraphs of one story therefore gets one
+    <|endoftext|> per paragraph.
+Stories are stripped of surrounding whitespace; empty ones are dropped. They are encoded with
+encode_ordinary, so a story that contains the text "<|endoftext|>" gets the ordinary tokens of
+that text and cannot inject a special token; the only 50256s are the ones written after stories.
+
+Crash safety and re-runs: a .bin appears under its final name only once it is complete, and
+meta.json (token counts, dtype, vocabulary, source files and sizes) is written last, atomically.
+A dataset without meta.json is unfinished. A re-run whose inputs match meta.json does nothing.
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
+
+BASE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+OFFICIAL_FILES = {"train": "TinyStories-train.txt", "val": "TinyStories-valid.txt"}
+HF_DATASET = "roneneldan/TinyStories"
+HF_SPLITS = {"train": "train", "val": "validation"}
+DTYPE = np.uint16          # every GPT-2 id (< 50257) fits, at half the size of int32
+FORMAT_VERSION = 1         # bump when the layout of the .bin files changes
+STORIES_PER_SHARD = 1024   # stories copied to the memmap per step of the writing loop
+BLANK_LINES, EOT_LINES = "blank lines", "<|endoftext|> lines"
+
+
+# --- splitting a text file into stories ---------------------------------------------------------
+
+def story_separator(path) -> str:
+    """EOT_LINES if some line of the file is exactly <|endoftext|>, else BLANK_LINES.
+
+    Reads line by line and stops at the first marker, so an official file answers at once.
+    """
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() == END_OF_TEXT:
+                return EOT_LINES
+    return BLANK_LINES
+
+
+def iter_stories(path, separator=None):
+    """Yield the stories of a text file one at a time (never the whole file in memory)."""
+    separator = separator or story_separator(path)
+    ends_story = ((lambda s: s == END_OF_TEXT) if separator == EOT_LINES
+                  else (lambda s: s == ""))
+    lines = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if ends_story(line.strip()):
+                story = "".join(lines).strip()
+                if story:
+                    yield story
+                lines = []
+            else:
+                lines.append(line)  # keep the newline: paragraphs stay paragraphs
+    story = "".join(lines).strip()
+    if story:
+        yield story
+
+
+def _story_rows(path, separator):
+    """Rows for Dataset.from_generator."""
+    for story in iter_stories(path, separator):
+        yield {"text": story}
+
+
+# --- tokenising -------------------------------------------------------------------------------
+
+def tokenize_batch(batch):
+    """datasets.map function: each story's ids followed by one <|endoftext|>, as uint16."""
+    enc = get_tokenizer()  # cached per process; forked workers inherit the parent's copy
+    ids = [np.array(enc.encode_ordinary(text) + [EOT_ID], dtype=DTYPE) for text in batch["text"]]
+    return {"ids": ids, "len": [len(x) for x in ids]}
+
+
+def tokenize(dataset, num_proc, desc):
+    """Add the token ids of every story, in `num_proc` processes; the row order is kept."""
+    num_proc = max(1, min(num_proc, len(dataset)))
+    return dataset.map(tokenize_batch, batched=True, remove_columns=dataset.column_names,
+                       num_proc=num_proc if num_proc > 1 else None, desc=desc)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def shard_tokens(shard) -> np.ndarray:
+    """The ids of a shard's stories, end to end (Arrow flattens them without Python lists)."""
+    return pc.list_flatten(shard["ids"]).to_numpy()
+
+
+def write_tokens(tokenized, path: Path) -> int:
+    """Write all ids to `path` as one uint16 array; it gets its final name only when complete."""
+    tokenized = tokenized.with_format("arrow")  # columns as Arrow arrays: no Python lists
+    total = pc.sum(tokenized["len"]).as_py() or 0
+    if total == 0:
+        raise ValueError(f"no stories to write to {path}: is the input file empty?")
+    part = path.with_name(path.name + ".part")
+    try:
+        arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
+        num_shards = max(1, min(1024, -(-len(tokenized) // STORIES_PER_SHARD)))
+        idx = 0
+        for i in tqdm(range(num_shards), desc=f"writing {path.name}"):
+            shard = tokenized.shard(num_shards=num_shards, index=i, contiguous=True)
+            ids = shard_tokens(shard)
+            arr[idx:idx + len(ids)] = ids
+            idx += len(ids)
+        if idx != total:
+            raise RuntimeError(f"wrote {idx} tokens to {part}, expected {total}")
+        arr.flush()
+        del arr
+        os.replace(part, path)  # atomic: `path` exists only when complete
+    finally:
+        part.unlink(missing_ok=True)
+    return total
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- inputs and the up-to-date check -----------------------------------------------------------
+
+def _file_source(path, url=None) -> dict:
+    stat = Path(path).stat()
+    src = {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if url:
+        src["url"] = url
+    return src
+
+
+def _inputs_match(out_dir: Path, sources: dict) -> bool:
+    """True when meta.json records these sources and both .bin files have the recorded size."""
+    meta_path = out_dir / "meta.json"
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    if meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(sources):
+        return False
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, source in sources.items():
+        info = meta["splits"][split]
+        recorded = {k: info["source"].get(k) for k in source}
+        if recorded != source:
+            return False
+        bin_path = out_dir / info["file"]
+        if not bin_path.is_file() or bin_path.stat().st_size != info["tokens"] * itemsize:
+            return False
+    return True
+
+
+def _meta(splits: dict) -> dict:
+    return {"format": FORMAT_VERSION, "encoding": "gpt2", "vocab_size": GPT2_VOCAB_SIZE,
+            "eot_id": EOT_ID, "dtype": np.dtype(DTYPE).name, "splits": splits}
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="download",
+            num_proc=1, force=False) -> dict:
+    """Write out_dir/train.bin, val.bin and meta.json; return the meta dict.
+
+    source: "download" (the official text files, through shared.download), "files"
+    (`train_file` and `val_file`; implied when they are given) or "hf" (the `datasets` hub copy).
+    Nothing is written when meta.json already records the same inputs, unless force=True.
+    """
+    from datasets import Dataset
+
+    out_dir = Path(out_dir)
+    if (train_file is None) != (val_file is None):
+        raise ValueError("give both --train-file and --val-file, or neither")
+    if train_file is not None:
+        if source == "hf":
+            raise ValueError("--source hf reads the hub dataset; drop --train-file/--val-file")
+        source = "files"
+    if source not in ("download", "files", "hf"):
+        raise ValueError(f"source must be 'download', 'files' or 'hf', got {source!r}")
+    if num_proc < 1:
+        raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+
+    if source == "hf":
+        sources = {split: {"dataset": HF_DATASET, "split": hf} for split, hf in HF_SPLITS.items()}
+    elif source == "files":
+        files = {"train": Path(train_file), "val": Path(val_file)}
+        for split, path in files.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"{split} file {path} not found")
+        sources = {split: _file_source(path) for split, path in files.items()}
+    else:  # download: the raw files live in out_dir; an existing copy is not fetched again
+        urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
+        files = {split: out_dir / name for split, name in OFFICIAL_FILES.items()}
+        if not force and all(p.is_file() for p in files.values()):
+            sources = {s: _file_source(files[s], urls[s]) for s in files}
+            if _inputs_match(out_dir, sources):
+                print(f"{out_dir} is up to date; nothing to do")
+                return json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+        from shared.download import download_file
+        for split in files:
+            download_file(urls[split], files[split], progress=True)
+        sources = {s: _file_source(files[s], urls[s]) for s in files}
+
+    if not force and _inputs_match(out_dir, sources):
+        print(f"{out_dir} is up to date; nothing to do")
+        return json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+
+    separators = {}
+    if source != "hf":
+        for split, path in files.items():
+            separators[split] = story_separator(path)
+            if next(iter_stories(path, separators[split]), None) is None:
+                raise ValueError(f"the {split} file {path} holds no story (it is empty, or only "
+                                 "whitespace and <|endoftext|> lines)")
+
+    # Rebuild. Remove the old outputs first: whatever a crash leaves under a final name is then
+    # complete and from this run, and the missing meta.json marks the dataset as unfinished.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("meta.json", "train.bin", "val.bin"):
+        (out_dir / name).unlink(missing_ok=True)
+    get_tokenizer()  # load (or fetch) the BPE files once, before any worker starts
+    # Arrow files of this run, in a fresh directory: datasets' cache could otherwise hand back
+    # the stories of an older file that had the same path.
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    splits = {}
+    try:
+        if source == "hf":
+            from datasets import load_dataset
+            hub = load_dataset(HF_DATASET)
+        for split in ("train", "val"):
+            if source == "hf":
+                stories = hub[HF_SPLITS[split]].select_columns(["text"])
+                stories = stories.filter(lambda b: [bool(t.strip()) for t in b["text"]],
+                                         batched=True, desc=f"dropping empty {split} stories")
+                separator = "one story per row"
+            else:
+                separator = separators[split]
+                print(f"{files[split]}: stories separated by {separator}")
+                stories = Dataset.from_generator(
+                    _story_rows, gen_kwargs={"path": str(files[split]), "separator": separator},
+                    cache_dir=str(tmp / split))
+            tokenized = tokenize(stories, num_proc, desc=f"tokenizing {split}")
+            bin_path = out_dir / f"{split}.bin"
+            tokens = write_tokens(tokenized, bin_path)
+            splits[split] = {"file": bin_path.name, "tokens": tokens, "stories": len(tokenized),
+                             "story_separator": separator, "source": sources[split]}
+            print(f"{bin_path}: {len(tokenized):,} stories, {tokens:,} tokens")
+            del stories, tokenized
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta = _meta(splits)
+    _write_json_atomic(out_dir / "meta.json", meta)  # last: its presence means "complete"
+    return meta
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.prepare_tinystories",
+        description=("Tokenise TinyStories once with GPT-2's BPE into OUT_DIR/train.bin and "
+                     "val.bin (uint16 memmaps, one <|endoftext|> after every story) plus "
+                     "meta.json. Stories are separated by lines that are exactly <|endoftext|> "
+                     "(the official files); a text file without such a line is split at blank "
+                     "lines instead. Re-running with the same inputs does nothing."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out-dir", default="data/tinystories", help="where the .bin files go")
+    parser.add_argument("--source", choices=("download", "hf"), default="download",
+                        help="download the official text files (into OUT_DIR) or load the "
+                             f"Hugging Face dataset {HF_DATASET} through `datasets`")
+    parser.add_argument("--train-file", help="local training text instead of a download")
+    parser.add_argument("--val-file", help="local validation text instead of a download")
+    parser.add_argument("--num-proc", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+                        help="tokeniser processes")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    try:
+        prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Sample text from OpenAI's GPT-2, printing each token as soon as it is generated.
+
+    python -m shared.sample --gpt2 124M --prompt "Every effort moves you" \\
+        --max-new-tokens 50 --temperature 1.5 --top-k 50 --seed 123
+
+The weights are downloaded on first use into --models-dir (default: gpt2). The text goes to
+stdout; download progress and messages go to stderr.
+"""
+import argparse
+import codecs
+import sys
+
+import torch
+
+from shared.device import get_device
+from shared.generate import check_prompt, check_sampling, generate_stream
+from shared.gpt2 import GPT2_SIZES, load_pretrained_gpt2
+from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
+
+
+def decode_stream(token_ids, tokenizer):
+    """Yield the text of each token id as it arrives.
+
+    A token can end in the middle of a multi-byte character (an emoji is often two or three
+    tokens), so the bytes go through an incremental UTF-8 decoder, which holds an incomplete
+    character back until its last byte arrives. The pieces join to tokenizer.decode(all ids).
+    """
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token_id in token_ids:
+        yield utf8.decode(tokenizer.decode_single_token_bytes(token_id))
+    yield utf8.decode(b"", final=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m shared.sample", description=__doc__.split("\n")[0])
+    parser.add_argument("--gpt2", default="124M", choices=GPT2_SIZES, help="GPT-2 size (default: 124M)")
+    parser.add_argument("--models-dir", default="gpt2", help="where the weights live (default: gpt2)")
+    parser.add_argument("--prompt", default="Every effort moves you")
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    parser.add_argument("--seed", type=int, default=None, help="fix the random choices")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the fastest found)")
+    parser.add_argument("--eos", action="store_true", help="stop at <|endoftext|>")
+    args = parser.parse_args(argv)
+    tokenizer = get_tokenizer()
+    args.prompt_ids = text_to_token_ids(args.prompt, tokenizer)
+    try:  # fail before the (slow) model load, with the library's own messages
+        check_prompt(args.prompt_ids, args.max_new_tokens)
+        check_sampling(args.temperature, args.top_k)
+    except ValueError as err:
+        parser.error(str(err))
+    return args, tokenizer
+
+
+def main(argv=None) -> int:
+    args, tokenizer = parse_args(argv)
+    device = get_device(args.device)
+    model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+
+    print(args.prompt, end="", flush=True)
+    tokens = generate_stream(model, args.prompt_ids.to(device), args.max_new_tokens,
+                             context_size=settings["n_ctx"], temperature=args.temperature,
+                             top_k=args.top_k, eos_id=EOT_ID if args.eos else None, use_cache=True)
+    for piece in decode_stream((t.item() for t in tokens), tokenizer):
+        print(piece, end="", flush=True)
+    print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

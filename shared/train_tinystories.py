@@ -1,0 +1,206 @@
+"""Pretrain chapter 6's modern GPT on TinyStories from the command line; resumable, multi-GPU.
+
+    python -m shared.prepare_tinystories --out-dir data/tinystories        # once: train.bin, val.bin
+    python -m shared.train_tinystories --data-dir data/tinystories --out-dir runs/ts30m
+    python -m shared.train_tinystories --data-dir data/tinystories --out-dir runs/ts30m --resume
+
+The default model is the chapter's ~30M one, in its modern form (RoPE, RMSNorm): emb_dim 384,
+6 layers of 6 heads, the vocabulary padded to 50304 (a multiple of 64, for faster matmuls) and the
+output head tied to the token embedding, 29,952,384 parameters (the original run had 29,959,680).
+With the defaults one step sees 32 x 512 = 16,384 tokens, and 20000 steps ~330M tokens.
+
+Every --eval-interval steps the run writes out_dir/best.pt (lowest val loss) and out_dir/last.pt;
+--resume continues from last.pt with the same batches and dropout masks it would have drawn. On
+--resume the model size comes from last.pt, and the other flags apply (raise --max-iters to train
+longer; keep --lr-decay-iters fixed when you do, or the schedule changes under the run).
+
+More GPUs, same script:
+
+    torchrun --standalone --nproc_per_node 4 -m shared.train_tinystories --data-dir ... --out-dir ...
+
+Each process trains on its own random batches (its generator is seeded with seed + rank) and the
+gradients are averaged once per step; only rank 0 evaluates, logs and saves. --batch-size and
+--grad-accum are per process, so one step sees batch x block x grad-accum x processes tokens.
+NCCL is used on CUDA, gloo on the CPU.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from shared.data import load_tokens
+from shared.device import get_device
+from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
+from shared.tokenizer import GPT2_VOCAB_SIZE
+from shared.trainer import TrainConfig, train
+
+DEFAULT_PARAMETERS = 29_952_384  # count_parameters of the default model (tests check it)
+
+
+def model_config(args) -> dict:
+    """The GPTModel configuration the flags describe."""
+    return {
+        **GPT_CONFIG_124M,
+        "vocab_size": args.vocab_size,
+        "context_length": args.block_size,
+        "emb_dim": args.emb_dim,
+        "num_heads": args.num_heads,
+        "num_layers": args.num_layers,
+        "drop_rate": args.dropout,
+        "qkv_bias": False,
+        "norm": "rmsnorm",
+        "pos_encoding": "rope",
+        "rope_theta": args.rope_theta,
+        "tie_weights": args.tie_weights,
+        "tokenizer_vocab_size": GPT2_VOCAB_SIZE,
+    }
+
+
+def train_config(args, device) -> TrainConfig:
+    return TrainConfig(
+        max_iters=args.max_iters, batch_size=args.batch_size, block_size=args.block_size,
+        grad_accum_steps=args.grad_accum, learning_rate=args.lr,
+        min_lr=args.lr / 10 if args.min_lr is None else args.min_lr,
+        warmup_iters=args.warmup_iters, lr_decay_iters=args.lr_decay_iters,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        eval_interval=args.eval_interval, eval_iters=args.eval_iters, patience=args.patience,
+        seed=args.seed, device=str(device), amp=args.amp, compile=args.compile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m shared.train_tinystories",
+        description="Pretrain a GPT with RoPE and RMSNorm on token files written by "
+                    "shared.prepare_tinystories. The default size (emb 384, 6 layers, 6 heads, "
+                    f"vocab 50304, tied head) has {DEFAULT_PARAMETERS:,} parameters. Runs under "
+                    "torchrun --standalone --nproc_per_node N for several GPUs (or CPU processes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("data and checkpoints")
+    io.add_argument("--data-dir", required=True, help="folder with train.bin and val.bin")
+    io.add_argument("--out-dir", required=True, help="folder for best.pt and last.pt")
+    io.add_argument("--resume", action="store_true", help="continue the run saved in out-dir/last.pt")
+
+    m = p.add_argument_group("model (ignored on --resume: the size comes from last.pt)")
+    m.add_argument("--emb-dim", type=int, default=384)
+    m.add_argument("--num-layers", type=int, default=6)
+    m.add_argument("--num-heads", type=int, default=6)
+    m.add_argument("--vocab-size", type=int, default=50304,
+                   help="GPT-2's 50257 ids padded up to a multiple of 64")
+    m.add_argument("--dropout", type=float, default=0.0,
+                   help="TinyStories is large enough that a 30M model does not overfit it")
+    m.add_argument("--rope-theta", type=float, default=10000.0)
+    m.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="share the token embedding with the output head (untied: 49,269,120 "
+                        "parameters at the default size)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--block-size", type=int, default=512, help="context length in tokens")
+    t.add_argument("--batch-size", type=int, default=32, help="windows per micro-batch and process")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    t.add_argument("--max-iters", type=int, default=20000, help="optimizer steps")
+    t.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
+    t.add_argument("--min-lr", type=float, default=None, help="end of the cosine (default: lr / 10)")
+    t.add_argument("--warmup-iters", type=int, default=1000)
+    t.add_argument("--lr-decay-iters", type=int, default=None,
+                   help="step where the cosine reaches min-lr (default: max-iters)")
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--grad-clip", type=float, default=1.0, help="0 turns clipping off")
+    t.add_argument("--eval-interval", type=int, default=1000)
+    t.add_argument("--eval-iters", type=int, default=100, help="batches per split and evaluation")
+    t.add_argument("--patience", type=int, default=5,
+                   help="stop after this many evaluations without a better val loss; 0: never")
+    t.add_argument("--seed", type=int, default=1337)
+
+    s = p.add_argument_group("system")
+    s.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast on CUDA (never used on the CPU)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    return p
+
+
+def _saved_model_config(last_path: Path) -> dict:
+    if not last_path.is_file():
+        raise FileNotFoundError(f"--resume: {last_path} not found; run without --resume to start "
+                                "training")
+    payload = torch.load(last_path, map_location="cpu", weights_only=True)
+    return payload["extra"]["model_config"]
+
+
+def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
+    """The token ids in the files must fit the embedding; meta.json says how many there are."""
+    meta_path = data_dir / "meta.json"
+    if meta_path.is_file():
+        needed = json.loads(meta_path.read_text(encoding="utf-8")).get("vocab_size", 0)
+        if needed > vocab_size:
+            raise ValueError(f"{data_dir} holds ids up to {needed - 1}, but --vocab-size is "
+                             f"{vocab_size}; use --vocab-size {needed} or more (50304 for GPT-2)")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
+
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
+    if ddp:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        wanted = torch.device(args.device) if args.device else get_device()
+        if wanted.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl")
+        elif wanted.type == "cpu":
+            device = torch.device("cpu")
+            dist.init_process_group("gloo")
+        else:
+            raise ValueError(f"DistributedDataParallel needs CUDA (nccl) or the CPU (gloo), "
+                             f"not {wanted.type}; pass --device cpu or run without torchrun")
+    else:
+        device = torch.device(args.device) if args.device else get_device()
+    master = not ddp or dist.get_rank() == 0
+    say = print if master else (lambda *a, **k: None)
+
+    try:
+        if args.resume:
+            cfg = _saved_model_config(out_dir / "last.pt")
+            if cfg["context_length"] < args.block_size:
+                raise ValueError(f"--block-size {args.block_size} exceeds the saved model's "
+                                 f"context length {cfg['context_length']}")
+        else:
+            if (out_dir / "last.pt").exists():
+                raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to "
+                                 "continue it, or choose another --out-dir")
+            cfg = model_config(args)
+        _check_vocabulary(data_dir, cfg["vocab_size"])
+        train_data = load_tokens(data_dir / "train.bin")
+        val_data = load_tokens(data_dir / "val.bin")
+
+        if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(args.seed)  # the same initial weights on every rank
+        model = GPTModel(cfg)
+        tcfg = train_config(args, device)
+        world_size = dist.get_world_size() if ddp else 1
+        say(f"model: {count_parameters(model):,} parameters, emb {cfg['emb_dim']}, "
+            f"{cfg['num_layers']} layers, {cfg['num_heads']} heads, vocab {cfg['vocab_size']}")
+        say(f"data: {len(train_data):,} train and {len(val_data):,} val tokens; "
+            f"{tcfg.batch_size * tcfg.block_size * tcfg.grad_accum_steps * world_size:,} tokens per "
+            f"step on {world_size} process(es), device {device}")
+        return train(model, train_data, val_data, tcfg, out_dir, resume=args.resume,
+                     progress=args.progress)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # bad flags or files: the message, no traceback
+        raise SystemExit(f"error: {err}") from None

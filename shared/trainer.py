@@ -1,0 +1,371 @@
+"""Chapter 6's trainer: a budget of optimizer steps over token files, resumable to the last bit.
+
+Chapter 5 trained for epochs over a DataLoader. A pretraining run is instead measured in
+iterations (optimizer steps), each on fresh random windows of a token file (shared.data.get_batch),
+and it has to survive being stopped and restarted. The pieces, in the order one iteration uses them:
+
+    get_lr              linear warmup, then cosine decay to min_lr
+    forward_backward    gradients of one iteration, accumulated over micro-batches
+    clip_and_step       gradient clipping, then the AdamW update
+    estimate_loss       mean loss on the same fixed batches every time, without dropout
+    train               the loop: evaluation, best/last checkpoints, early stopping, resume, DDP
+
+Usage (a notebook-sized run on the CPU):
+
+    cfg = TrainConfig(max_iters=300, batch_size=8, block_size=64, eval_interval=50)
+    history = train(model, "data/train.bin", "data/val.bin", cfg, out_dir="runs/tiny")
+    # history["iters"], history["train_losses"], history["val_losses"]: one entry per evaluation
+
+`train(..., resume=True)` continues from out_dir/last.pt exactly where it stopped: the same losses,
+step for step, as if it had never been interrupted.
+"""
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.data import get_batch, load_tokens
+from shared.device import get_device
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. Iterations count optimizer steps, not micro-batches."""
+    max_iters: int = 2000          # optimizer steps of the run
+    batch_size: int = 16           # windows per micro-batch (per process under DDP)
+    block_size: int = 256          # tokens per window; at most the model's context length
+    grad_accum_steps: int = 1      # micro-batches per optimizer step
+    learning_rate: float = 6e-4    # peak learning rate, reached at the end of warmup
+    min_lr: float = 6e-5           # floor of the cosine decay (nanoGPT: learning_rate / 10)
+    warmup_iters: int = 100        # linear warmup steps
+    lr_decay_iters: int | None = None  # where the cosine reaches min_lr; None: max_iters
+    weight_decay: float = 0.1      # on matrices and embeddings only (see configure_optimizer)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0         # cap on the global gradient norm; 0 turns clipping off
+    eval_interval: int = 100       # evaluate (and save) every this many steps, and at the end
+    eval_iters: int = 20           # batches per split in each evaluation
+    patience: int = 0              # stop after this many evaluations without a better val loss; 0: never
+    seed: int = 1337               # batches and dropout (each DDP rank adds its rank)
+    device: str | None = None      # None: shared.device.get_device()
+    amp: bool = True               # bf16 autocast on CUDA; ignored elsewhere (CPU bf16 is very slow)
+    compile: bool = False          # torch.compile the model (PyTorch 2, best on CUDA)
+
+    def __post_init__(self):
+        positive = ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
+                    "eval_iters")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_iters", "patience", "weight_decay", "grad_clip", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.learning_rate:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr {self.min_lr} is above learning_rate {self.learning_rate}; "
+                             "the cosine decays from learning_rate down to min_lr")
+        if self.decay_iters < self.warmup_iters:
+            raise ValueError(f"the decay ends at step {self.decay_iters}, before warmup ends at "
+                             f"{self.warmup_iters}: lower warmup_iters or raise lr_decay_iters")
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+
+# --- The learning-rate schedule and the optimizer --------------------------------------------------
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """Learning rate of step `it` (0-based): linear warmup, cosine decay, then min_lr.
+
+    Warmup climbs in equal steps from learning_rate / (warmup_iters + 1) at step 0 to the full
+    learning_rate at step warmup_iters, where the cosine starts; at step decay_iters the cosine has
+    come down to min_lr, which holds from then on. Early steps are kept small because Adam's
+    second-moment estimates are still poor and a randomly initialised model takes large gradients.
+    """
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / (cfg.decay_iters - cfg.warmup_iters)  # 0 -> 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))                         # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def configure_optimizer(model, weight_decay, lr, betas, device_type):
+    """AdamW with weight decay on every parameter of 2 or more dimensions, none on the rest.
+
+    As in nanoGPT, the decayed group is every matrix: the linear layers *and the embeddings*
+    (a tied output head is one matrix with the token embedding). Biases and norm weights (1-D)
+    are not decayed: pulling a norm's gain or a bias towards zero only fights the model.
+    The fused CUDA kernel is used on CUDA, the multi-tensor (foreach) one elsewhere.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight appears once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if device_type == "cuda":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+
+
+# --- One iteration --------------------------------------------------------------------------------
+
+def forward_backward(model, micro_batches, autocast=None, no_sync=None) -> float:
+    """Accumulate into .grad the gradient of the mean loss over `micro_batches`; return that loss.
+
+    Each micro-batch loss is divided by their number, so k micro-batches of b windows give the
+    same gradient as one batch of k*b windows while holding only b in memory at a time.
+    `no_sync` (DDP's model.no_sync) skips the gradient all-reduce on every micro-batch but the
+    last: averaging across processes once per step is enough.
+    """
+    k = len(micro_batches)
+    total = 0.0
+    for i, (x, y) in enumerate(micro_batches):
+        sync = i == k - 1 or no_sync is None
+        with nullcontext() if sync else no_sync():
+            with autocast or nullcontext():  # autocast runs cross_entropy in fp32 by itself
+                logits = model(x)                                              # (B, T, V)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) / k  # (B*T, V) vs (B*T,)
+            loss.backward()
+        total = total + loss.detach()  # stays on the device: no wait per micro-batch
+    return float(total)
+
+
+def clip_and_step(model, optimizer, grad_clip) -> float:
+    """Cap the global gradient norm at `grad_clip` (0: no cap), step, clear the gradients.
+
+    Returns the norm *before* clipping, worth watching: spikes announce instabilities.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.item()
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, batch_size, block_size, eval_iters, device="cpu", autocast=None,
+                  seed=0):
+    """Mean loss over `eval_iters` batches of each split: {"train": ..., "val": ...}.
+
+    The batches come from a generator seeded with `seed` every time, so every evaluation scores
+    the same windows: two estimates differ only because the model changed, which is what the
+    best-checkpoint and early-stopping decisions compare. It touches no global random state, and
+    the model goes back to training mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    losses = {}
+    for name, data in splits.items():
+        generator = torch.Generator().manual_seed(seed)
+        total = 0.0
+        for _ in range(eval_iters):
+            x, y = get_batch(data, batch_size, block_size, device, generator)
+            with autocast or nullcontext():
+                logits = model(x)
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+        losses[name] = total / eval_iters
+    model.train(was_training)
+    return losses
+
+
+# --- Random state, so a resumed run draws what the uninterrupted one would have ---------------------
+
+def _rng_state(generator, device):
+    state = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if device.type == "cuda":  # dropout on the GPU draws from the CUDA generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state, generator, device):
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["batches"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _new_history():
+    return {"iters": [], "train_losses": [], "val_losses": [], "tokens_seen": [],
+            "step_losses": [], "lrs": [], "grad_norms": [],
+            "best_val_loss": math.inf, "best_iter": None, "stopped_early": False}
+
+
+def _as_tokens(data):
+    return load_tokens(data) if isinstance(data, (str, Path)) else data
+
+
+# --- The loop ----------------------------------------------------------------------------------------
+
+def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, progress=True,
+          log=None):
+    """Train `model` for cfg.max_iters optimizer steps; return the history dict.
+
+    train_data, val_data: token arrays (np.memmap from shared.data.load_tokens) or their paths.
+    Every cfg.eval_interval steps (and at step 0 and at the end) both splits are evaluated and
+
+        out_dir/best.pt   the model with the lowest val loss so far (weights and configs)
+        out_dir/last.pt   everything needed to resume: model, optimizer, step, best val loss,
+                          patience counter, history and the random states (torch, batch
+                          generator, CUDA) of every process
+
+    are written. resume=True continues from last.pt. To stop a run before its end on purpose and
+    continue it later, set lr_decay_iters to the full length so the schedule does not change.
+
+    History: "iters", "train_losses", "val_losses", "tokens_seen" hold one entry per evaluation;
+    "step_losses", "lrs", "grad_norms" one per optimizer step; plus "best_val_loss", "best_iter",
+    "stopped_early". `log` receives the printed lines (default: print, through tqdm when the bar
+    is shown).
+
+    Under torchrun (torch.distributed initialised by the caller, see shared.train_tinystories)
+    the model is wrapped in DistributedDataParallel: each process draws its own batches, and only
+    rank 0 evaluates, logs and writes checkpoints.
+    """
+    out_dir = Path(out_dir)
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    master = rank == 0
+    device = torch.device(cfg.device) if cfg.device else get_device()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    train_data, val_data = _as_tokens(train_data), _as_tokens(val_data)
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and cfg.block_size > context_length:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context length "
+                         f"{context_length}; lower block_size or build a longer model")
+    for name, data in (("train", train_data), ("val", val_data)):
+        if len(data) < cfg.block_size + 1:
+            raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
+                             f"block_size + 1 = {cfg.block_size + 1}; lower block_size")
+
+    def say(line):
+        if master:
+            (log or (tqdm.write if progress else print))(line)
+
+    model.to(device)
+    model.train()
+    raw_model = model
+    optimizer = configure_optimizer(raw_model, cfg.weight_decay, cfg.learning_rate,
+                                    (cfg.beta1, cfg.beta2), device.type)
+    generator = torch.Generator()  # window starts are drawn on the CPU
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {out_dir}; "
+                                    "start without resume")
+        state = load_checkpoint(last_path, raw_model, optimizer, map_location=device)
+        iter_num, bad_evals, history = state["iter_num"], state["bad_evals"], state["history"]
+        rng = state["rng"]
+        if len(rng) == world_size:
+            _set_rng_state(rng[rank], generator, device)
+        else:  # another process count: fresh, distinct streams rather than repeated batches
+            say(f"last.pt was written by {len(rng)} processes, this run has {world_size}: "
+                "the random streams restart from new seeds")
+            torch.manual_seed(cfg.seed + rank + 1000 * iter_num)
+            generator.manual_seed(cfg.seed + rank + 1000 * iter_num)
+        say(f"resuming from {last_path} at iter {iter_num} "
+            f"(best val loss {history['best_val_loss']:.4f})")
+    else:
+        iter_num, bad_evals, history = 0, 0, _new_history()
+        torch.manual_seed(cfg.seed + rank)          # dropout
+        generator.manual_seed(cfg.seed + rank)      # batches: a different stream on every rank
+
+    use_bf16 = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else None
+    if cfg.compile:
+        model = torch.compile(model)
+    eval_model = model  # rank 0 evaluates outside DDP: its forward would wait for the other ranks
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    broadcast_buffers=False)  # the only buffers (RoPE tables) never change
+    no_sync = model.no_sync if ddp else None
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * world_size
+    model_config = getattr(raw_model, "cfg", None)
+
+    def evaluate_and_save():
+        """Evaluate on rank 0, write best.pt/last.pt; True when early stopping says stop."""
+        nonlocal bad_evals
+        # Every rank's random state goes into last.pt, so each resumes its own stream.
+        rng = [_rng_state(generator, device)]
+        if ddp:
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        stop = False
+        if master:
+            losses = estimate_loss(eval_model, {"train": train_data, "val": val_data},
+                                   cfg.batch_size, cfg.block_size, cfg.eval_iters, device,
+                                   autocast, seed=cfg.seed)
+            history["iters"].append(iter_num)
+            history["train_losses"].append(losses["train"])
+            history["val_losses"].append(losses["val"])
+            history["tokens_seen"].append(iter_num * tokens_per_iter)
+            line = f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            if losses["val"] < history["best_val_loss"]:
+                history["best_val_loss"], history["best_iter"] = losses["val"], iter_num
+                bad_evals = 0
+                save_checkpoint(best_path, raw_model, iter_num=iter_num, val_loss=losses["val"],
+                                model_config=model_config, train_config=asdict(cfg))
+                line += " (best so far, saved best.pt)"
+            else:
+                bad_evals += 1
+                line += f" (no improvement {bad_evals}/{cfg.patience or 'inf'})"
+            stop = cfg.patience > 0 and bad_evals >= cfg.patience
+            history["stopped_early"] = stop
+            save_checkpoint(last_path, raw_model, optimizer, iter_num=iter_num, bad_evals=bad_evals,
+                            history=history, rng=rng, model_config=model_config,
+                            train_config=asdict(cfg))
+            say(line)
+            if stop:
+                say(f"early stopping at iter {iter_num}: no better val loss in {cfg.patience} "
+                    f"evaluations; best {history['best_val_loss']:.4f} at iter {history['best_iter']}")
+        if ddp:  # every rank must leave the loop together, or the others wait forever
+            flag = torch.tensor([int(stop)], device=device)
+            dist.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
+
+    stop = False
+    if resume and history["stopped_early"]:
+        say("this run had stopped early; nothing to do")
+        return history
+    if not resume:
+        stop = evaluate_and_save()  # the untrained model's loss: the baseline of the run
+
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (progress and master),
+               desc="training", unit="it", dynamic_ncols=True)
+    while iter_num < cfg.max_iters and not stop:
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        micro_batches = [get_batch(train_data, cfg.batch_size, cfg.block_size, device, generator)
+                         for _ in range(cfg.grad_accum_steps)]
+        loss = forward_backward(model, micro_batches, autocast, no_sync)
+        grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)  # .item() waits for the GPU
+        tokens_per_s = tokens_per_iter / (time.perf_counter() - t0)
+        iter_num += 1
+        history["step_losses"].append(loss)
+        history["lrs"].append(lr)
+        history["grad_norms"].append(grad_norm)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            stop = evaluate_and_save()
+    bar.close()
+    return history

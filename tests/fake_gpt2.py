@@ -1,0 +1,128 @@
+"""Random GPT-2 checkpoints in OpenAI's exact TensorFlow layout, and a Hugging Face reference model.
+
+A fake model is written into a mirror folder laid out like the download server,
+
+    MIRROR/openaipublic.blob.core.windows.net/gpt-2/models/<size>/{checkpoint, hparams.json, ...}
+
+so that with LLM_MIRROR=MIRROR `download_and_load_gpt2` fetches it exactly as it would fetch the
+real one. Variables are named as in OpenAI's files (`model/wte`, `model/h0/attn/c_attn/w` of
+shape [1, n_embd, 3 * n_embd], ..., `model/ln_f/g`) and stored as float32.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+MODELS_HOST_PATH = ("openaipublic.blob.core.windows.net", "gpt-2", "models")
+ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+
+# hparams.json of OpenAI's four releases, copied from their files.
+REAL_HPARAMS = {
+    "124M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12},
+    "355M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1024, "n_head": 16, "n_layer": 24},
+    "774M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1280, "n_head": 20, "n_layer": 36},
+    "1558M": {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1600, "n_head": 25, "n_layer": 48},
+}
+
+
+def random_tf_variables(hparams, seed=0):
+    """{TensorFlow name: float32 array} for a random GPT-2, in OpenAI's shapes.
+
+    Every array, LayerNorm gains and biases included, is random and different from a fresh
+    model's initial values, so a swapped or forgotten parameter changes the output.
+    """
+    rng = np.random.default_rng(seed)
+    C, L = hparams["n_embd"], hparams["n_layer"]
+
+    def normal(*shape, mean=0.0, std=0.02):
+        return (mean + std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+    tf_vars = {"model/wte": normal(hparams["n_vocab"], C, std=0.1),
+               "model/wpe": normal(hparams["n_ctx"], C, std=0.05),
+               "model/ln_f/g": normal(C, mean=1.0, std=0.3), "model/ln_f/b": normal(C, std=0.3)}
+    for i in range(L):
+        h = f"model/h{i}"
+        tf_vars.update({
+            f"{h}/ln_1/g": normal(C, mean=1.0, std=0.3), f"{h}/ln_1/b": normal(C, std=0.3),
+            f"{h}/attn/c_attn/w": normal(1, C, 3 * C, std=0.15), f"{h}/attn/c_attn/b": normal(3 * C, std=0.1),
+            f"{h}/attn/c_proj/w": normal(1, C, C, std=0.05), f"{h}/attn/c_proj/b": normal(C, std=0.05),
+            f"{h}/ln_2/g": normal(C, mean=1.0, std=0.3), f"{h}/ln_2/b": normal(C, std=0.3),
+            f"{h}/mlp/c_fc/w": normal(1, C, 4 * C, std=0.1), f"{h}/mlp/c_fc/b": normal(4 * C, std=0.1),
+            f"{h}/mlp/c_proj/w": normal(1, 4 * C, C, std=0.05), f"{h}/mlp/c_proj/b": normal(C, std=0.05),
+        })
+    return tf_vars
+
+
+def write_tf_checkpoint(model_dir, hparams, tf_vars):
+    """Write hparams.json, checkpoint and model.ckpt.{index,data-00000-of-00001,meta}."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    prefix = str(model_dir / "model.ckpt")
+    names = sorted(tf_vars)
+    # SaveV2 writes the tensor bundle (index + data) under the exact names given.
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf_vars[n] for n in names])
+    # The meta graph describes the variables (not their values), as in OpenAI's release.
+    graph = tf.Graph()
+    with graph.as_default():
+        for n in names:
+            tf.compat.v1.get_variable(n, shape=tf_vars[n].shape, dtype=tf.float32,
+                                      initializer=tf.compat.v1.zeros_initializer())
+        tf.compat.v1.train.export_meta_graph(filename=prefix + ".meta", graph=graph)
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n'
+                                          'all_model_checkpoint_paths: "model.ckpt"\n')
+    (model_dir / "hparams.json").write_text(json.dumps(hparams, indent=2))
+
+
+def write_fake_gpt2(mirror, size, hparams, seed=0):
+    """A random GPT-2 under MIRROR/.../gpt-2/models/<size>/; returns its {TF name: array}."""
+    from shared.download import download_file
+
+    model_dir = Path(mirror, *MODELS_HOST_PATH, size)
+    tf_vars = random_tf_variables(hparams, seed)
+    write_tf_checkpoint(model_dir, hparams, tf_vars)
+    for name in ("encoder.json", "vocab.bpe"):  # the real tokenizer files, via LLM_MIRROR
+        download_file(ENCODINGS_URL + name, model_dir / name, progress=False)
+    return tf_vars
+
+
+def fake_model_dir(mirror, size):
+    return Path(mirror, *MODELS_HOST_PATH, size)
+
+
+def hf_name(tf_name):
+    """Hugging Face's name for a TensorFlow variable: model/h0/attn/c_attn/w -> transformer.h.0.attn.c_attn.weight."""
+    parts = tf_name.split("/")[1:]
+    if parts[0].startswith("h"):
+        parts = ["h", parts[0][1:], *parts[1:]]
+    if len(parts) > 1:
+        parts[-1] = {"g": "weight", "w": "weight", "b": "bias"}[parts[-1]]
+    else:  # wte, wpe
+        parts.append("weight")
+    return "transformer." + ".".join(parts)
+
+
+def hf_gpt2_from_tf_variables(tf_vars, hparams):
+    """transformers.GPT2LMHeadModel holding the same weights: the independent reference.
+
+    Hugging Face's Conv1D stores weights as (in, out), TensorFlow's layout without the leading 1.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"],
+                        n_embd=hparams["n_embd"], n_layer=hparams["n_layer"], n_head=hparams["n_head"],
+                        activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    model = GPT2LMHeadModel(config).eval()
+    state = {hf_name(name): torch.from_numpy(array[0] if array.ndim == 3 else array)
+             for name, array in tf_vars.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= {"lm_head.weight"}, missing  # tied to transformer.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    return model

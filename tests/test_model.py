@@ -1,0 +1,200 @@
+"""GPTModel: parameter counts, causality, a hand-written reference forward, the loss at init."""
+import math
+
+import pytest
+import torch
+
+from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
+
+TINY = dict(GPT_CONFIG_124M, vocab_size=97, context_length=24, emb_dim=32, num_heads=4,
+            num_layers=2, drop_rate=0.1, qkv_bias=True)
+VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learned"),
+            ("rmsnorm", "rope")]
+
+
+def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
+    """A tiny model in eval mode whose norm weights and biases are random too, so swapped or
+    ignored parameters change the output."""
+    torch.manual_seed(seed)
+    model = GPTModel(dict(TINY, norm=norm, pos_encoding=pos_encoding, **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+# -- parameter counts -----------------------------------------------------------------------------
+
+def test_124m_parameter_count():
+    """163,009,536 parameters with a separate output head; 124,412,160 with the head counted once."""
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = GPTModel(GPT_CONFIG_124M)
+        tied = GPTModel(dict(GPT_CONFIG_124M, tie_weights=True))
+    assert count_parameters(model) == 163_009_536
+    assert count_parameters(model) - model.out_head.weight.numel() == 124_412_160
+    assert count_parameters(tied) == 124_412_160
+    assert tied.out_head.weight is tied.tok_emb.weight
+
+
+def test_parameter_count_by_formula():
+    """count_parameters agrees with GPT-2's layer-by-layer formula on a tiny config."""
+    V, T, C, L = TINY["vocab_size"], TINY["context_length"], TINY["emb_dim"], TINY["num_layers"]
+    per_block = (3 * (C * C + C)       # query, key, value with bias
+                 + C * C + C           # out_proj
+                 + C * 4 * C + 4 * C   # ff up
+                 + 4 * C * C + C       # ff down
+                 + 2 * 2 * C)          # two LayerNorms
+    expected = V * C + T * C + L * per_block + 2 * C + V * C
+    assert count_parameters(GPTModel(TINY)) == expected
+
+
+# -- causality ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm, pos_encoding", VARIANTS)
+def test_causal(norm, pos_encoding):
+    """Changing token t changes no logit before t, and does change the logits at t."""
+    model = tiny_model(norm, pos_encoding)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    with torch.no_grad():
+        base = model(idx)
+        for t in (0, 5, 15):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % TINY["vocab_size"]
+            logits = model(changed)
+            torch.testing.assert_close(logits[:, :t], base[:, :t], rtol=0, atol=1e-6)
+            assert (logits[:, t] - base[:, t]).abs().max() > 1e-3
+
+
+# -- a hand-written reference forward -------------------------------------------------------------
+
+def reference_forward(model, idx):
+    """GPT-2 written out step by step in float64 from the model's own weights: explicit masked
+    softmax attention, LayerNorm / RMSNorm and tanh-GELU by formula, RoPE as complex rotation."""
+    cfg = model.cfg
+    W = {k: v.double() for k, v in model.state_dict().items()}
+    H, C = cfg["num_heads"], cfg["emb_dim"]
+    hd = C // H
+    B, T = idx.shape
+
+    def norm(x, prefix):
+        if cfg.get("norm", "layernorm") == "rmsnorm":
+            return x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6) * W[prefix + ".weight"]
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased variance, as LayerNorm uses
+        return (x - mean) / torch.sqrt(var + 1e-5) * W[prefix + ".weight"] + W[prefix + ".bias"]
+
+    def linear(x, prefix):
+        y = x @ W[prefix + ".weight"].T
+        return y + W[prefix + ".bias"] if prefix + ".bias" in W else y
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+    def rope(x):  # x: (B, H, T, hd); feature i pairs with feature i + hd/2
+        theta = cfg.get("rope_theta", 10000.0) ** (-torch.arange(hd // 2, dtype=torch.float64) * 2 / hd)
+        angle = torch.arange(T, dtype=torch.float64)[:, None] * theta  # (T, hd/2)
+        z = torch.complex(x[..., :hd // 2], x[..., hd // 2:]) * torch.polar(torch.ones_like(angle), angle)
+        return torch.cat((z.real, z.imag), dim=-1)
+
+    x = W["tok_emb.weight"][idx]  # (B, T, C)
+    if cfg.get("pos_encoding", "learned") == "learned":
+        x = x + W["pos_emb.weight"][:T]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for i in range(cfg["num_layers"]):
+        p = f"trf_blocks.{i}."
+        h = norm(x, p + "norm1")
+        q, k, v = (linear(h, p + "att." + name).view(B, T, H, hd).transpose(1, 2)
+                   for name in ("W_query", "W_key", "W_value"))  # (B, H, T, hd)
+        if cfg.get("pos_encoding") == "rope":
+            q, k = rope(q), rope(k)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
+        weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        heads = (weights @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + linear(heads, p + "att.out_proj")
+        h = norm(x, p + "norm2")
+        x = x + linear(gelu_tanh(linear(h, p + "ff.layers.0")), p + "ff.layers.2")
+    return norm(x, "final_norm") @ W["out_head.weight"].T  # (B, T, V)
+
+
+@pytest.mark.parametrize("norm, pos_encoding", VARIANTS)
+def test_matches_reference_forward(norm, pos_encoding):
+    """Logits equal the hand-written forward on the same weights (eval mode: no dropout) to 1e-5."""
+    model = tiny_model(norm, pos_encoding)
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    with torch.no_grad():
+        logits = model(idx)
+    expected = reference_forward(model, idx)
+    torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-5)
+    assert expected.std() > 0.1  # the comparison is not between two near-zero tensors
+    with torch.no_grad():  # last_only gives the last position's logits alone
+        torch.testing.assert_close(model(idx, last_only=True), logits[:, -1:], rtol=0, atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    """Train mode drops activations (outputs vary); eval mode is deterministic."""
+    model = tiny_model()
+    idx = torch.randint(0, TINY["vocab_size"], (1, 8))
+    with torch.no_grad():
+        assert torch.equal(model(idx), model(idx))
+        model.train()
+        assert not torch.allclose(model(idx), model(idx))
+
+
+# -- initialisation -------------------------------------------------------------------------------
+
+def test_gpt2_initialisation():
+    """N(0, 0.02) weights, zero biases, residual projections N(0, 0.02 / sqrt(2 * num_layers))."""
+    cfg = dict(TINY, emb_dim=256, num_heads=4, num_layers=8)
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    residual_std = 0.02 / math.sqrt(2 * cfg["num_layers"])
+    for name, p in model.named_parameters():
+        if name.endswith("att.out_proj.weight") or name.endswith("ff.layers.2.weight"):
+            assert p.std().item() == pytest.approx(residual_std, rel=0.05), name
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif "norm" in name:
+            assert torch.all(p == 1), name
+        else:
+            assert p.std().item() == pytest.approx(0.02, rel=0.05), name
+
+
+def test_loss_at_init_is_ln_vocab(verdict_text, tokenizer):
+    """The real 124M model starts near uniform guessing: cross-entropy within 0.5 of ln(50257)."""
+    ids = torch.tensor(tokenizer.encode(verdict_text)[:2 * 128 + 1])
+    inputs, targets = ids[:-1].view(2, 128), ids[1:].view(2, 128)
+    torch.manual_seed(123)
+    model = GPTModel(GPT_CONFIG_124M).eval()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    assert abs(loss.item() - math.log(50257)) < 0.5
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"emb_dim": 30}, "divisible by num_heads"),
+    ({"norm": "batchnorm"}, "norm must be"),
+    ({"pos_encoding": "alibi"}, "pos_encoding must be"),
+    ({"pos_encoding": "rope", "emb_dim": 36, "num_heads": 4}, "must be even"),
+])
+def test_bad_config_raises(change, message):
+    with pytest.raises(ValueError, match=message):
+        GPTModel(dict(TINY, **change))
+
+
+def test_missing_config_key_raises():
+    cfg = dict(TINY)
+    del cfg["qkv_bias"]
+    with pytest.raises(ValueError, match="qkv_bias"):
+        GPTModel(cfg)
+
+
+def test_bad_input_raises():
+    """1-D ids and sequences longer than the context get a ValueError that says what to do."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch, tokens"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="crop"):
+        model(torch.zeros(1, TINY["context_length"] + 1, dtype=torch.long))

@@ -1,0 +1,166 @@
+"""Chapters 2-4: each notebook runs top to bottom (small parameters) and prints what an
+independent reference computes.
+
+The notebooks assert on their own that what they build equals what `shared` exports (same weights,
+equal outputs); a failing assert fails the run here. On top of that, these tests check printed
+numbers against references that do not go through the notebook's code: tiktoken called directly,
+numpy, and Hugging Face's GPT-2 for the parameter count.
+"""
+import re
+
+import nbformat
+import numpy as np
+import pytest
+
+from nbrun import REPO, cell_text, run_notebook
+
+CHAPTERS = ["ch02_working_with_text", "ch03_attention", "ch04_gpt_model"]
+PATH = ["ch02_working_with_text", "ch03_attention", "ch04_gpt_model", "ch05_pretraining",
+        "ch06_modernizing"]
+
+# Small settings that keep each run well under a minute on two CPU cores.
+SMALL = {
+    "ch02_working_with_text": {"max_length": 4, "batch_size": 8, "output_dim": 32},
+    "ch03_attention": {"batch_size": 2, "num_tokens": 32, "emb_dim": 64, "num_heads": 4,
+                       "timing_repeats": 2},
+    # vocab_size stays 50257: the prompts are real GPT-2 token ids.
+    "ch04_gpt_model": {"context_length": 32, "emb_dim": 64, "num_heads": 4, "num_layers": 2,
+                       "qkv_bias": True, "max_new_tokens": 3},
+}
+
+
+def read(name):
+    return nbformat.read(str(REPO / "chapters" / f"{name}.ipynb"), as_version=4)
+
+
+def code_cells(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def parameter_names(nb):
+    """Names assigned at the top level of the cell tagged `parameters`."""
+    source = code_cells(nb)[0].source
+    return set(re.findall(r"^([A-Za-z_]\w*)\s*=", source, flags=re.M))
+
+
+def run(name, tmp_path, **extra):
+    nb = run_notebook(f"chapters/{name}.ipynb", {**SMALL[name], **extra}, tmp_path)
+    return cell_text(nb)
+
+
+def as_number(text):
+    return int(text.replace(",", ""))
+
+
+# --- committed form ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_committed_without_outputs_with_parameters_cell(name):
+    nb = read(name)
+    cells = code_cells(nb)
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in cells), \
+        "commit the notebook without outputs (rebuild it from its builder script)"
+    assert "parameters" in cells[0].metadata.get("tags", []), "first code cell must be tagged"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[1] is cells[0], \
+        "the parameters cell must come right after the title"
+    # every knob the tests turn must exist, or papermill would silently ignore it
+    assert set(SMALL[name]) <= parameter_names(nb)
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_states_its_place_in_the_path(name):
+    intro = read(name).cells[0].source
+    positions = [intro.find(f"{chapter}.ipynb") for chapter in PATH]
+    assert -1 not in positions and positions == sorted(positions), intro[:400]
+    assert "you are here" in intro[intro.find(name):intro.find(name) + 60]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_compares_against_the_library(name):
+    source = "\n".join(cell.source for cell in code_cells(read(name)))
+    assert "import shared" in source or "from shared" in source
+    assert "assert_close" in source or "assert torch.equal" in source
+
+
+# --- executed ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ch02_runs_and_matches_tiktoken(tmp_path, tokenizer, verdict_text):
+    text = run("ch02_working_with_text", tmp_path, data_dir=str(tmp_path / "data"))
+
+    bpe_ids = tokenizer.encode(verdict_text)
+    match = re.search(r"The Verdict: ([\d,]+) regex tokens, ([\d,]+) BPE tokens", text)
+    assert match and as_number(match.group(2)) == len(bpe_ids)
+    assert f"{len(verdict_text):,} characters" in text
+
+    # how an unknown word splits, straight from tiktoken
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode("someunknownPlace")]
+    assert f"'someunknownPlace'   -> {pieces}" in text
+
+    # window counts: a window starts every `stride` tokens while its shifted target still fits
+    max_length = SMALL["ch02_working_with_text"]["max_length"]
+    for stride in (1, 3, max_length):
+        expected = len(range(0, len(bpe_ids) - max_length, stride))
+        assert f"stride {stride}: {expected:,} windows" in text
+
+    # the first batch the notebook prints is the first tokens of the text, cut every max_length
+    batch_size = SMALL["ch02_working_with_text"]["batch_size"]
+    assert f"Inputs: ({batch_size}, {max_length})" in text
+    first_row = re.search(r"Inputs: .*?\ntensor\(\[\[([\d,\s]+)\]", text).group(1)
+    assert [int(v) for v in first_row.replace(",", " ").split()] == bpe_ids[:max_length]
+    assert "shared.model.GPTModel starts from the same token + position embeddings" in text
+
+
+@pytest.mark.slow
+def test_ch03_runs_and_matches_numpy(tmp_path):
+    text = run("ch03_attention", tmp_path)
+
+    # the simplified self-attention of "journey", recomputed with numpy
+    inputs = np.array([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
+                       [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
+    scores = inputs @ inputs[1]
+    weights = np.exp(scores) / np.exp(scores).sum()
+    expected = weights @ inputs
+    printed = re.search(r"context vector of 'journey': ([-\d. ]+)", text).group(1).split()
+    np.testing.assert_allclose([float(v) for v in printed], expected, atol=6e-5)
+
+    # the final comparison and the timing ran at the requested size
+    p = SMALL["ch03_attention"]
+    shape = f"({p['batch_size']}, {p['num_tokens']}, {p['emb_dim']})"
+    assert f"input {shape}: shared.model.MultiHeadAttention == this notebook's" in text
+    assert "scaled_dot_product_attention(is_causal=True) ==" in text
+    times = re.findall(r"(?:hand-written attention|\(SDPA\)).*?:\s+([\d.]+) ms", text)
+    assert len(times) == 2 and all(float(t) > 0 for t in times)
+    score_mb = p["batch_size"] * p["num_heads"] * p["num_tokens"] ** 2 * 4 / 2 ** 20
+    assert f"materialises a {score_mb:.1f} MB score matrix" in text
+
+
+@pytest.mark.slow
+def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    p = {"vocab_size": 50257, **SMALL["ch04_gpt_model"]}
+    text = run("ch04_gpt_model", tmp_path)
+    assert "this chapter's GPTModel == shared.model.GPTModel: equal logits" in text
+
+    # Hugging Face's GPT-2 has a bias in its query/key/value projection (qkv_bias=True here)
+    # and ties its head to the token embedding. A meta-device model costs no memory.
+    hf_config = GPT2Config(vocab_size=p["vocab_size"], n_positions=p["context_length"],
+                           n_embd=p["emb_dim"], n_layer=p["num_layers"], n_head=p["num_heads"])
+    with torch.device("meta"):
+        hf_params = sum(t.numel() for t in GPT2LMHeadModel(hf_config).parameters())
+    head = p["vocab_size"] * p["emb_dim"]
+
+    total = as_number(re.search(r"total parameters:\s+([\d,]+)", text).group(1))
+    tied = as_number(re.search(r"with the head tied:\s+([\d,]+)", text).group(1))
+    assert tied == hf_params
+    assert total == hf_params + head
+    assert f"weights in float32: {total * 4 / 2**20:,.2f} MB" in text
+
+    # greedy generation appended max_new_tokens tokens to the prompt
+    ids = re.search(r"tensor\(\[\[([\d,\s]+)\]\]\)\ngenerated:", text).group(1)
+    ids = [int(v) for v in ids.replace(",", " ").split()]
+    prompt = tokenizer.encode("Hello, I am")
+    assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + p["max_new_tokens"]
+    assert f"generated: {tokenizer.decode(ids)!r}" in text

@@ -1,0 +1,226 @@
+"""`python -m shared.prepare_tinystories`: story splitting, EOT placement, token counts, re-runs, crashes.
+
+The reference for every token file is computed here, independently: split the text with a regex,
+encode each story with the tokenizer's encode_ordinary, append 50256.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import shared.prepare_tinystories as prep
+from shared.data import load_tokens
+from shared.tokenizer import EOT_ID
+
+# An official-format file: stories between lines that are exactly <|endoftext|>. The stories have
+# blank lines between paragraphs (a blank-line split would cut them), and one contains the marker
+# text inside a line, which must stay ordinary text.
+OFFICIAL_STORIES = [
+    "Once upon a time, there was a cat.\n\nThe cat liked milk.",
+    'Tom said, "Look!"\nHe saw a big red ball.',
+    "The sign said <|endoftext|> but Sue kept reading.\n\nThe end.",
+]
+OFFICIAL_TEXT = ("\n<|endoftext|>\n".join(OFFICIAL_STORIES)
+                 + "\n<|endoftext|>\n\n<|endoftext|>\n")  # an empty story at the end is dropped
+
+
+def reference_stories(text, separator):
+    """Independent split: a regex over the whole text."""
+    pattern = r"\n[ \t]*<\|endoftext\|>[ \t]*\n" if separator == prep.EOT_LINES else r"\n[ \t]*\n"
+    parts = re.split(pattern, "\n" + text + "\n")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def reference_tokens(stories, tokenizer):
+    ids = []
+    for story in stories:
+        ids += tokenizer.encode_ordinary(story) + [EOT_ID]
+    return np.array(ids, dtype=np.int64)
+
+
+@pytest.fixture
+def official_files(tmp_path):
+    train, val = tmp_path / "TinyStories-train.txt", tmp_path / "TinyStories-valid.txt"
+    train.write_text(OFFICIAL_TEXT, encoding="utf-8")
+    val.write_text("A short story.\n<|endoftext|>\nAnother one.\n<|endoftext|>\n", encoding="utf-8")
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, tinystories_sample):
+    """The real sample prepared once with num_proc=1, in several shards."""
+    out = tmp_path_factory.mktemp("sample1")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep, "STORIES_PER_SHARD", 300)  # the train split is written in 4 shards
+    try:
+        meta = prep.prepare(out, *tinystories_sample, num_proc=1)
+    finally:
+        mp.undo()
+    return out, meta
+
+
+def file_state(out):
+    return {name: (os.stat(out / name).st_mtime_ns, os.stat(out / name).st_ino)
+            for name in ("train.bin", "val.bin", "meta.json")}
+
+
+# --- splitting ------------------------------------------------------------------------------------
+
+def test_sample_without_markers_is_split_at_blank_lines(tinystories_sample):
+    for path in tinystories_sample:
+        text = path.read_text(encoding="utf-8")
+        assert "<|endoftext|>" not in text
+        assert prep.story_separator(path) == prep.BLANK_LINES
+        stories = list(prep.iter_stories(path))
+        assert stories == reference_stories(text, prep.BLANK_LINES)
+        assert len(stories) > 100 and all("\n\n" not in s for s in stories)
+
+
+def test_official_format_is_split_at_endoftext_lines_only(official_files):
+    train, _ = official_files
+    assert prep.story_separator(train) == prep.EOT_LINES
+    assert list(prep.iter_stories(train)) == OFFICIAL_STORIES  # blank lines stay inside stories
+    assert OFFICIAL_STORIES == reference_stories(OFFICIAL_TEXT, prep.EOT_LINES)
+
+
+# --- the token files ------------------------------------------------------------------------------
+
+def test_sample_tokens_equal_per_story_encoding_plus_one_eot(sample_run, tinystories_sample, tokenizer):
+    out, meta = sample_run
+    for split, path in zip(("train", "val"), tinystories_sample):
+        stories = reference_stories(path.read_text(encoding="utf-8"), prep.BLANK_LINES)
+        expected = reference_tokens(stories, tokenizer)
+        tokens = np.asarray(load_tokens(out / f"{split}.bin")).astype(np.int64)
+        np.testing.assert_array_equal(tokens, expected)
+        # EOT placement: exactly one after every story, none inside one, the file ends with one
+        eot_at = np.flatnonzero(tokens == EOT_ID)
+        ends = np.cumsum([len(tokenizer.encode_ordinary(s)) + 1 for s in stories]) - 1
+        np.testing.assert_array_equal(eot_at, ends)
+        info = meta["splits"][split]
+        assert info["tokens"] == len(expected) and info["stories"] == len(stories)
+        assert info["story_separator"] == prep.BLANK_LINES
+        assert info["source"]["bytes"] == path.stat().st_size
+
+
+def test_meta_json_describes_the_files(sample_run):
+    out, meta = sample_run
+    on_disk = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert on_disk == meta
+    assert (meta["dtype"], meta["vocab_size"], meta["eot_id"]) == ("uint16", 50257, 50256)
+    for split in ("train", "val"):
+        assert (out / f"{split}.bin").stat().st_size == 2 * meta["splits"][split]["tokens"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_official_format_marker_text_cannot_inject_a_special_token(official_files, tmp_path, tokenizer):
+    meta = prep.prepare(tmp_path / "out", *official_files, num_proc=1)
+    tokens = np.asarray(load_tokens(tmp_path / "out" / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
+    assert (tokens == EOT_ID).sum() == len(OFFICIAL_STORIES) == meta["splits"]["train"]["stories"]
+    assert tokenizer.decode(tokens.tolist()).count("<|endoftext|>") == len(OFFICIAL_STORIES) + 1
+    assert meta["splits"]["train"]["story_separator"] == prep.EOT_LINES
+
+
+def test_num_proc_1_and_2_write_identical_files(sample_run, tinystories_sample, tmp_path):
+    out1, meta1 = sample_run
+    meta2 = prep.prepare(tmp_path, *tinystories_sample, num_proc=2)  # also one shard, not four
+    for split in ("train", "val"):
+        assert (out1 / f"{split}.bin").read_bytes() == (tmp_path / f"{split}.bin").read_bytes()
+    assert meta1 == meta2
+
+
+# --- re-runs and crashes --------------------------------------------------------------------------
+
+def test_rerun_with_the_same_inputs_touches_nothing(official_files, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)
+    before = file_state(out)
+    monkeypatch.setattr(prep, "tokenize", lambda *a, **k: pytest.fail("re-run tokenised again"))
+    prep.main(["--train-file", str(official_files[0]), "--val-file", str(official_files[1]),
+               "--out-dir", str(out)])
+    assert file_state(out) == before
+
+
+def test_changed_input_rebuilds(official_files, tmp_path, tokenizer):
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)
+    official_files[1].write_text("A brand new story.\n", encoding="utf-8")
+    meta = prep.prepare(out, *official_files)
+    tokens = np.asarray(load_tokens(out / "val.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(["A brand new story."], tokenizer))
+    assert meta["splits"]["val"]["story_separator"] == prep.BLANK_LINES
+
+
+def crash_on_second_shard(monkeypatch):
+    real, calls = prep.shard_tokens, []
+
+    def flaky(shard):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash while writing")
+        return real(shard)
+    monkeypatch.setattr(prep, "shard_tokens", flaky)
+    monkeypatch.setattr(prep, "STORIES_PER_SHARD", 1)  # one shard per story
+
+
+def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files, tmp_path,
+                                                                   monkeypatch, tokenizer):
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)  # a complete dataset from older inputs...
+    official_files[0].write_text(OFFICIAL_TEXT + "One more story.\n", encoding="utf-8")
+    crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prep.prepare(out, *official_files)  # ...is being rebuilt when the crash comes
+    assert not any((out / n).exists() for n in ("train.bin", "val.bin", "meta.json"))
+    (out / "train.bin.part").write_bytes(b"junk from a killed run")  # what SIGKILL would leave
+    monkeypatch.undo()
+    meta = prep.prepare(out, *official_files)
+    tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)
+    expected = reference_tokens(OFFICIAL_STORIES + ["One more story."], tokenizer)
+    np.testing.assert_array_equal(tokens, expected)
+    assert meta["splits"]["train"]["tokens"] == len(expected)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("TinyStories")) == \
+        ["meta.json", "train.bin", "val.bin"]
+
+
+def test_download_source_goes_through_the_mirror(official_files, tmp_path, monkeypatch, tokenizer):
+    mirror = tmp_path / "mirror"
+    remote = mirror / "huggingface.co" / "datasets" / "roneneldan" / "TinyStories" / "resolve" / "main"
+    remote.mkdir(parents=True)
+    for f in official_files:
+        (remote / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(mirror), os.environ.get("LLM_MIRROR", "")]))
+    out = tmp_path / "out"
+    meta = prep.prepare(out)
+    assert (out / "TinyStories-train.txt").read_text(encoding="utf-8") == OFFICIAL_TEXT
+    assert meta["splits"]["train"]["source"]["url"] == prep.BASE_URL + "TinyStories-train.txt"
+    tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
+    before = file_state(out)
+    prep.prepare(out)
+    assert file_state(out) == before
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_bad_arguments_are_explained(official_files, tmp_path):
+    with pytest.raises(ValueError, match="both --train-file and --val-file"):
+        prep.prepare(tmp_path, train_file=official_files[0])
+    with pytest.raises(ValueError, match="drop --train-file"):
+        prep.prepare(tmp_path, *official_files, source="hf")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        prep.prepare(tmp_path, tmp_path / "missing.txt", official_files[1])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n<|endoftext|>\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds no story"):
+        prep.prepare(tmp_path / "out", empty, official_files[1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_says_how_stories_are_split(capsys):
+    with pytest.raises(SystemExit):
+        prep.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "<|endoftext|>" in help_text and "blank lines" in help_text
