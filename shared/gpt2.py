@@ -131,8 +131,8 @@ def _flatten(params: dict, prefix: str = "") -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def _damaged(path: Path, reason) -> str:
-    return (f"{path} is missing, truncated or not part of a TensorFlow checkpoint ({reason}). "
-            f"Delete it (or the whole folder {path.parent}) and re-run to download it again.")
+    return (f"{path} is damaged or incomplete ({reason}). Delete it (or the whole folder "
+            f"{path.parent}) and re-run download_and_load_gpt2 to download it again.")
 
 
 def read_hparams(model_dir) -> dict:
@@ -204,11 +204,11 @@ def load_params_cache(path, settings: dict) -> dict:
     try:
         flat = load_file(str(path))
     except Exception as err:
-        raise CorruptCheckpointError(_damaged(Path(path), err)) from err
+        raise CorruptCheckpointError(f"{path} is unreadable ({err})") from err
     expected = gpt2_param_shapes(settings)
     wrong = [k for k, shape in expected.items() if k not in flat or flat[k].shape != shape]
     if wrong:
-        raise CorruptCheckpointError(_damaged(Path(path), f"missing or misshapen: {wrong[:3]}"))
+        raise CorruptCheckpointError(f"{path} lacks or misshapes {', '.join(wrong[:3])}")
     return _unflatten({k: flat[k] for k in expected})
 
 
@@ -235,8 +235,7 @@ def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = 
         try:
             return settings, load_params_cache(cache, settings)
         except CorruptCheckpointError as err:
-            warnings.warn(f"{err}\nRe-reading the TensorFlow checkpoint to rebuild the cache.",
-                          stacklevel=2)
+            warnings.warn(f"{err}; rebuilding it from the TensorFlow checkpoint", stacklevel=2)
     params = read_tf_checkpoint(model_dir, settings)
     save_params_cache(params, cache)
     return settings, params

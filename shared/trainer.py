@@ -19,6 +19,7 @@ Usage (a notebook-sized run on the CPU):
 `train(..., resume=True)` continues from out_dir/last.pt exactly where it stopped: the same losses,
 step for step, as if it had never been interrupted.
 """
+import inspect
 import math
 import time
 from contextlib import nullcontext
@@ -291,8 +292,13 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     eval_model = model  # rank 0 evaluates outside DDP: its forward would wait for the other ranks
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
+        # The only buffers, RoPE's tables, never change: no need to re-send them every forward.
+        # (PyTorch 2.13 renamed broadcast_buffers to forward_sync_buffers.)
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else {"broadcast_buffers": False})
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    broadcast_buffers=False)  # the only buffers (RoPE tables) never change
+                    **no_buffer_sync)
     no_sync = model.no_sync if ddp else None
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * world_size
     model_config = getattr(raw_model, "cfg", None)
@@ -342,7 +348,11 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
 
     stop = False
     if resume and history["stopped_early"]:
-        say("this run had stopped early; nothing to do")
+        say(f"the run stopped early at iter {iter_num}; nothing to do")
+        return history
+    if resume and iter_num >= cfg.max_iters:
+        say(f"the run is already at iter {iter_num} of max_iters {cfg.max_iters}; nothing to do "
+            "(raise max_iters to train longer)")
         return history
     if not resume:
         stop = evaluate_and_save()  # the untrained model's loss: the baseline of the run

@@ -1,0 +1,141 @@
+"""Checkpoints: exact round trips, clear errors, no unpickled code, nothing half-written."""
+import pytest
+import torch
+import torch.nn as nn
+
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.model import GPT_CONFIG_124M, GPTModel
+
+TINY = dict(GPT_CONFIG_124M, vocab_size=50, context_length=8, emb_dim=16, num_heads=2,
+            num_layers=1, drop_rate=0.0)
+
+
+def make(seed):
+    torch.manual_seed(seed)
+    model = GPTModel(TINY)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+def train_step(model, optimizer, batch):
+    optimizer.zero_grad()
+    logits = model(batch[:, :-1])
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.fixture
+def batch():
+    return torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"] + 1),
+                         generator=torch.Generator().manual_seed(0))
+
+
+def test_round_trip_restores_model_optimizer_and_extras(tmp_path, batch):
+    """Identical logits and AdamW state after loading; one more step from each gives the same weights."""
+    model, optimizer = make(seed=0)
+    for _ in range(3):
+        train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer, epoch=3, tokens_seen=[16, 32, 48],
+                           cfg=TINY, note="after three steps")
+
+    restored, restored_opt = make(seed=1)  # different weights and an empty optimizer
+    extra = load_checkpoint(path, restored, restored_opt)
+    assert extra == {"epoch": 3, "tokens_seen": [16, 32, 48], "cfg": TINY, "note": "after three steps"}
+
+    with torch.no_grad():
+        assert torch.equal(restored(batch[:, :-1]), model(batch[:, :-1]))
+    for p, q in zip(model.parameters(), restored.parameters()):
+        state, restored_state = optimizer.state[p], restored_opt.state[q]
+        assert set(state) == set(restored_state) == {"step", "exp_avg", "exp_avg_sq"}
+        for key in state:
+            assert torch.equal(state[key], restored_state[key]), key
+    assert restored_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+
+    train_step(model, optimizer, batch)
+    train_step(restored, restored_opt, batch)
+    for (name, p), q in zip(model.named_parameters(), restored.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_model_only_round_trip_and_missing_optimizer_state(tmp_path):
+    """Saved without an optimizer: the model loads; asking for optimizer state says it is absent."""
+    model, _ = make(seed=0)
+    path = save_checkpoint(tmp_path / "sub" / "model.pt", model)  # creates the folder
+    restored, restored_opt = make(seed=1)
+    assert load_checkpoint(path, restored) == {}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  restored.state_dict().values()))
+    with pytest.raises(RuntimeError, match="no optimizer state"):
+        load_checkpoint(path, restored, restored_opt)
+
+
+def test_wrapped_model_saves_plain_keys(tmp_path):
+    """A DDP-style wrapper (.module) is unwrapped, so the file loads into a plain model."""
+    model, _ = make(seed=0)
+    wrapper = nn.Module()
+    wrapper.module = model
+    path = save_checkpoint(tmp_path / "ckpt.pt", wrapper)
+    restored, _ = make(seed=1)
+    load_checkpoint(path, restored)
+    assert torch.equal(restored.tok_emb.weight, model.tok_emb.weight)
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    model, _ = make(seed=0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(RuntimeError, match="ckpt.pt.*truncated"):
+        load_checkpoint(path, make(seed=1)[0])
+
+
+RAN = []
+
+
+def _side_effect(message):
+    """What a malicious pickle would call while loading; here it only leaves a trace."""
+    RAN.append(message)
+    return message
+
+
+class Payload:
+    def __reduce__(self):
+        return _side_effect, ("code ran while loading",)
+
+
+def test_load_is_weights_only(tmp_path):
+    """A file holding an arbitrary Python object is refused, and the object's code never runs."""
+    model, _ = make(seed=0)
+    path = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": model.state_dict(), "extra": {"x": Payload()}}, path)
+    # The file really would run code under a plain unpickler: the test can fail.
+    torch.load(path, weights_only=False)
+    assert RAN == ["code ran while loading"]
+    RAN.clear()
+
+    with pytest.raises(RuntimeError, match="evil.pt"):
+        load_checkpoint(path, make(seed=1)[0])
+    assert RAN == []
+
+
+def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """torch.save dying mid-write leaves the previous checkpoint intact and no temporary files."""
+    model, _ = make(seed=0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, step=1)
+    good_bytes = path.read_bytes()
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    other, _ = make(seed=1)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ckpt.pt", other, step=2)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "new.pt", other)
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert path.read_bytes() == good_bytes
+    assert load_checkpoint(path, other) == {"step": 1}

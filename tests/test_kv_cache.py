@@ -1,0 +1,116 @@
+"""The KV cache changes speed, never results: cached and uncached decoding agree token for token."""
+import pytest
+import torch
+
+from shared.generate import generate
+from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.tokenizer import GPT2_VOCAB_SIZE
+
+TINY = dict(GPT_CONFIG_124M, vocab_size=64, context_length=16, emb_dim=32, num_heads=4,
+            num_layers=2, drop_rate=0.0, qkv_bias=True)
+CONFIGS = {
+    "learned-layernorm": dict(pos_encoding="learned", norm="layernorm"),
+    "learned-rmsnorm": dict(pos_encoding="learned", norm="rmsnorm"),
+    "rope-layernorm": dict(pos_encoding="rope", norm="layernorm"),
+    "rope-rmsnorm": dict(pos_encoding="rope", norm="rmsnorm"),
+    "rope-rmsnorm-tied": dict(pos_encoding="rope", norm="rmsnorm", tie_weights=True),
+    "learned-layernorm-tied": dict(pos_encoding="learned", norm="layernorm", tie_weights=True),
+}
+
+
+def tiny_model(switches, seed=0):
+    """Large random weights: far-apart logits and varied text, so a cache bug changes tokens."""
+    torch.manual_seed(seed)
+    model = GPTModel(dict(TINY, **switches))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_greedy_cached_equals_uncached_past_the_context(name):
+    """Context 16, prompt 5, 40 new tokens: the window slides 29 times and the tokens still agree."""
+    model = tiny_model(CONFIGS[name])
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(1))
+    uncached = generate(model, prompt, 40, context_size=16, use_cache=False)
+    cached = generate(model, prompt, 40, context_size=16, use_cache=True)
+    assert cached.shape == (2, 45)
+    assert cached.tolist() == uncached.tolist()
+    assert len(set(uncached[:, 5:].flatten().tolist())) > 4  # varied text, not one token repeated
+
+
+@pytest.mark.parametrize("name", ["learned-layernorm", "rope-rmsnorm"])
+def test_sampled_cached_equals_uncached_with_the_same_seed(name):
+    model = tiny_model(CONFIGS[name])
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for use_cache in (False, True):
+        torch.manual_seed(42)
+        runs.append(generate(model, prompt, 30, context_size=16, temperature=1.0, top_k=20,
+                             use_cache=use_cache))
+    assert runs[0].tolist() == runs[1].tolist()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_chunked_prefill_equals_one_full_forward(name):
+    """7 tokens, then 5 more through the cache: the same logits as all 12 at once."""
+    model = tiny_model(CONFIGS[name])
+    idx = torch.randint(0, TINY["vocab_size"], (2, 12))
+    cache = model.new_kv_cache(batch_size=2)
+    with torch.no_grad():
+        full = model(idx)
+        first = model(idx[:, :7], kv_cache=cache)
+        second = model(idx[:, 7:], kv_cache=cache)
+        last = model(torch.randint(0, TINY["vocab_size"], (2, 1)), kv_cache=cache)
+    assert cache.length == 13
+    torch.testing.assert_close(first, full[:, :7], rtol=0, atol=1e-5)
+    torch.testing.assert_close(second, full[:, 7:], rtol=0, atol=1e-5)
+    assert last.shape == (2, 1, TINY["vocab_size"])
+
+
+def test_cache_overflow_raises():
+    """More positions than the cache holds: a ValueError, not a silent wrong answer."""
+    model = tiny_model(CONFIGS["rope-rmsnorm"])
+    cache = model.new_kv_cache(batch_size=1, max_len=8)
+    with torch.no_grad():
+        model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="context length"):
+            model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+
+
+def padded_vocab_model(pos_encoding):
+    """vocab_size 50304 whose padded rows (ids >= 50257) are the most likely at every position.
+
+    The final LayerNorm's weight is 0 and its bias u, so every position's final hidden state is u;
+    rows >= 50257 of the head are 100 u, far above every real row."""
+    cfg = dict(TINY, vocab_size=50304, emb_dim=16, num_heads=2, num_layers=1,
+               pos_encoding=pos_encoding, norm="layernorm")
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    with torch.no_grad():
+        u = torch.randn(cfg["emb_dim"])
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.copy_(u)
+        model.out_head.weight[GPT2_VOCAB_SIZE:] = 100.0 * u
+    return model.eval()
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_padded_vocabulary_ids_are_never_generated(pos_encoding, use_cache):
+    """Even when ids >= 50257 have the highest logits, generate returns only ids a tokenizer knows."""
+    model = padded_vocab_model(pos_encoding)
+    prompt = torch.randint(0, GPT2_VOCAB_SIZE, (2, 4))
+    with torch.no_grad():
+        assert (model(prompt).argmax(-1) >= GPT2_VOCAB_SIZE).all()  # the trap is set
+
+    best_real = model.out_head.weight[:GPT2_VOCAB_SIZE] @ model.final_norm.bias
+    greedy = generate(model, prompt, 20, context_size=16, use_cache=use_cache)
+    assert (greedy[:, 4:] == best_real.argmax()).all()  # the most likely real token, every step
+    for top_k in (None, 5):
+        torch.manual_seed(0)
+        sampled = generate(model, prompt, 20, context_size=16, temperature=1.0, top_k=top_k,
+                           use_cache=use_cache)
+        assert (sampled < GPT2_VOCAB_SIZE).all()

@@ -1,0 +1,169 @@
+"""Chapter 6's switches against Hugging Face's Llama RoPE, torch's RMSNorm and GPT-2 itself."""
+import math
+
+import pytest
+import torch
+
+from shared.model import GPT_CONFIG_124M, GPTModel, RotaryEmbedding
+
+TINY = dict(GPT_CONFIG_124M, vocab_size=101, context_length=16, emb_dim=48, num_heads=3,
+            num_layers=2, drop_rate=0.0, qkv_bias=True)
+
+
+def randomize_(model, seed=0):
+    """Random norm weights and biases (not 1 and 0), so a swapped or skipped one shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                base = 1.0 if ("norm" in name and name.endswith("weight")) else 0.0
+                p.copy_(base + 0.3 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+# -- RoPE -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("theta, start_pos", [(10000.0, 0), (10000.0, 5), (500000.0, 3)])
+def test_rope_matches_huggingface_llama(theta, start_pos):
+    """Our rotation equals transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb on random q, k."""
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from transformers import LlamaConfig
+
+    B, H, T, head_dim, max_len = 2, 3, 10, 16, 32
+    config = LlamaConfig(hidden_size=H * head_dim, num_attention_heads=H, head_dim=head_dim,
+                         max_position_embeddings=max_len,
+                         rope_parameters={"rope_type": "default", "rope_theta": theta})
+    q, k = torch.randn(B, H, T, head_dim), torch.randn(B, H, T, head_dim)
+    positions = torch.arange(start_pos, start_pos + T).unsqueeze(0)  # (1, T)
+    cos, sin = llama.LlamaRotaryEmbedding(config)(q, positions)
+    q_ref, k_ref = llama.apply_rotary_pos_emb(q, k, cos, sin)
+
+    rope = RotaryEmbedding(head_dim, max_len, theta)
+    torch.testing.assert_close(rope(q, start_pos), q_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rope(k, start_pos), k_ref, rtol=0, atol=1e-5)
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    """q at m and k at n score the same as q at m + s and k at n + s; another offset differs."""
+    head_dim = 16
+    rope = RotaryEmbedding(head_dim, max_len=64)
+    q, k = torch.randn(1, 1, 1, head_dim), torch.randn(1, 1, 1, head_dim)
+
+    def score(m, n):
+        return (rope(q, start_pos=m) * rope(k, start_pos=n)).sum().item()
+
+    for m, n in [(7, 3), (3, 7), (5, 5)]:
+        for shift in (1, 10, 40):
+            assert score(m + shift, n + shift) == pytest.approx(score(m, n), abs=1e-5)
+    assert abs(score(7, 3) - score(7, 4)) > 1e-3
+    assert abs(score(7, 3) - (q * k).sum().item()) > 1e-3  # RoPE did rotate something
+
+
+def test_rope_buffers_are_not_saved():
+    """cos/sin tables are rebuilt from the config, so state_dict holds parameters only."""
+    model = GPTModel(dict(TINY, pos_encoding="rope"))
+    keys = set(model.state_dict())
+    assert not any("rope" in key or key.endswith(("cos", "sin")) for key in keys)
+    assert "pos_emb.weight" not in keys and model.pos_emb is None
+    assert keys == {name for name, _ in model.named_parameters()}
+    assert {name for name, _ in model.named_buffers()} == {"rope.cos", "rope.sin"}
+
+
+# -- RMSNorm --------------------------------------------------------------------------------------
+
+def test_rmsnorm_config_uses_rmsnorm_eps_1e6():
+    """Every norm of an rmsnorm model equals torch.nn.RMSNorm(eps=1e-6) and the formula, on
+    small inputs where eps matters."""
+    model = randomize_(GPTModel(dict(TINY, norm="rmsnorm")))
+    norms = [model.final_norm] + [m for b in model.trf_blocks for m in (b.norm1, b.norm2)]
+    x = 1e-3 * torch.randn(2, 5, TINY["emb_dim"])  # mean square ~1e-6: a wrong eps shows
+    for norm in norms:
+        reference = torch.nn.RMSNorm(TINY["emb_dim"], eps=1e-6)
+        with torch.no_grad():
+            reference.weight.copy_(norm.weight)
+            by_formula = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+            torch.testing.assert_close(norm(x), reference(x), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(norm(x), by_formula, rtol=1e-5, atol=1e-6)
+        assert not any(name == "bias" for name, _ in norm.named_parameters())
+
+
+# -- the defaults are GPT-2 -----------------------------------------------------------------------
+
+def test_defaults_equal_explicit_gpt2_switches():
+    """No switches == norm="layernorm", pos_encoding="learned": same keys, same init, same logits."""
+    torch.manual_seed(0)
+    default = GPTModel(TINY).eval()
+    torch.manual_seed(0)
+    explicit = GPTModel(dict(TINY, norm="layernorm", pos_encoding="learned", rope_theta=10000.0,
+                             tie_weights=False)).eval()
+    assert list(default.state_dict()) == list(explicit.state_dict())
+    for key, value in default.state_dict().items():
+        assert torch.equal(value, explicit.state_dict()[key]), key
+    idx = torch.randint(0, TINY["vocab_size"], (2, 12))
+    with torch.no_grad():
+        assert torch.equal(default(idx), explicit(idx))
+
+
+def copy_into_hf_gpt2(model, hf):
+    """Our weights into GPT2LMHeadModel. HF's Conv1D stores (in, out): the transpose of nn.Linear;
+    its c_attn is query, key and value side by side."""
+    t = hf.transformer
+    with torch.no_grad():
+        t.wte.weight.copy_(model.tok_emb.weight)
+        t.wpe.weight.copy_(model.pos_emb.weight)
+        for block, h in zip(model.trf_blocks, t.h):
+            att = block.att
+            h.attn.c_attn.weight.copy_(torch.cat(
+                [att.W_query.weight, att.W_key.weight, att.W_value.weight], dim=0).T)
+            h.attn.c_attn.bias.copy_(torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias]))
+            h.attn.c_proj.weight.copy_(att.out_proj.weight.T)
+            h.attn.c_proj.bias.copy_(att.out_proj.bias)
+            h.mlp.c_fc.weight.copy_(block.ff.layers[0].weight.T)
+            h.mlp.c_fc.bias.copy_(block.ff.layers[0].bias)
+            h.mlp.c_proj.weight.copy_(block.ff.layers[2].weight.T)
+            h.mlp.c_proj.bias.copy_(block.ff.layers[2].bias)
+            for ours, theirs in ((block.norm1, h.ln_1), (block.norm2, h.ln_2)):
+                theirs.weight.copy_(ours.weight)
+                theirs.bias.copy_(ours.bias)
+        t.ln_f.weight.copy_(model.final_norm.weight)
+        t.ln_f.bias.copy_(model.final_norm.bias)
+        hf.lm_head.weight.copy_(model.out_head.weight)
+
+
+def test_defaults_equal_huggingface_gpt2():
+    """With default switches and qkv_bias=True, GPTModel is GPT-2: same logits as transformers'
+    GPT2LMHeadModel on the same weights (random LayerNorms and biases, so swaps fail)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = randomize_(GPTModel(TINY)).eval()
+    config = transformers.GPT2Config(
+        vocab_size=TINY["vocab_size"], n_positions=TINY["context_length"], n_embd=TINY["emb_dim"],
+        n_layer=TINY["num_layers"], n_head=TINY["num_heads"], activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    assert hf.lm_head.weight is not hf.transformer.wte.weight
+    copy_into_hf_gpt2(model, hf)
+
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    with torch.no_grad():
+        ours, theirs = model(idx), hf(idx).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert theirs.std() > 0.1
+
+
+# -- initial loss of the modern model -------------------------------------------------------------
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_modern_model_initial_loss_is_ln_vocab(verdict_text, tokenizer, tie_weights):
+    """RoPE + RMSNorm with the padded vocabulary 50304 starts near ln(50304) = 10.83, not the
+    seed's 143: the GPT-2 initialisation keeps the logits small."""
+    cfg = dict(GPT_CONFIG_124M, vocab_size=50304, context_length=256, emb_dim=384, num_heads=6,
+               num_layers=2, norm="rmsnorm", pos_encoding="rope", tie_weights=tie_weights)
+    ids = torch.tensor(tokenizer.encode(verdict_text)[:2 * 128 + 1])
+    inputs, targets = ids[:-1].view(2, 128), ids[1:].view(2, 128)
+    torch.manual_seed(123)
+    model = GPTModel(cfg).eval()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    assert abs(loss.item() - math.log(50304)) < 0.5

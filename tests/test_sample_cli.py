@@ -1,0 +1,114 @@
+"""python -m shared.sample against a tiny random GPT-2 served as "124M" from a temporary mirror."""
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import shared.sample
+from fake_gpt2 import hf_gpt2_from_tf_variables, write_fake_gpt2
+from shared.generate import generate
+from shared.gpt2 import load_pretrained_gpt2
+from shared.sample import decode_stream, main
+from shared.tokenizer import EOT_ID, text_to_token_ids
+
+REPO = Path(__file__).resolve().parents[1]
+HPARAMS = {"n_vocab": 50257, "n_ctx": 48, "n_embd": 32, "n_head": 4, "n_layer": 2}
+PROMPT = "Every effort moves you"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    """(env for the subprocess, models_dir, tf_vars); the weights are fetched once, here."""
+    mirror, models = tmp_path_factory.mktemp("mirror"), tmp_path_factory.mktemp("models")
+    tf_vars = write_fake_gpt2(mirror, "124M", HPARAMS)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8",
+           "LLM_MIRROR": os.pathsep.join([str(mirror), os.environ.get("LLM_MIRROR", "")])}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_MIRROR", env["LLM_MIRROR"])
+        load_pretrained_gpt2("124M", models, progress=False)  # download + cache
+    return env, models, tf_vars
+
+
+def sample(fake, *args):
+    env, models, _ = fake
+    cmd = [sys.executable, "-m", "shared.sample", "--gpt2", "124M", "--models-dir", str(models),
+           "--prompt", PROMPT, "--device", "cpu", *args]
+    run = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_greedy_text_matches_hugging_face(fake, tokenizer):
+    _, _, tf_vars = fake
+    hf = hf_gpt2_from_tf_variables(tf_vars, HPARAMS)
+    prompt = text_to_token_ids(PROMPT, tokenizer)
+    ids = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30,
+                      do_sample=False, pad_token_id=0)
+    expected = tokenizer.decode(ids[0].tolist()) + "\n"
+    assert sample(fake, "--max-new-tokens", "30", "--temperature", "0") == expected
+
+
+def test_seeded_sampling_follows_temperature_and_top_k(fake, tokenizer):
+    _, models, _ = fake
+    out = sample(fake, "--max-new-tokens", "30", "--temperature", "1.5", "--top-k", "50", "--seed", "123")
+    model, _ = load_pretrained_gpt2("124M", models, progress=False)
+    prompt = text_to_token_ids(PROMPT, tokenizer)
+    texts = {}
+    for seed in (123, 124):
+        torch.manual_seed(seed)
+        ids = generate(model, prompt, 30, HPARAMS["n_ctx"], temperature=1.5, top_k=50, use_cache=True)
+        texts[seed] = tokenizer.decode(ids[0].tolist()) + "\n"
+    assert out == texts[123] != texts[124]
+
+
+def test_tokens_are_printed_as_they_are_generated(fake, monkeypatch):
+    _, models, _ = fake
+    stdout, seen, kwargs = io.StringIO(), [], {}
+    real_stream = shared.sample.generate_stream
+
+    def watched_stream(*args, **kw):
+        kwargs.update(kw)
+        for token in real_stream(*args, **kw):
+            seen.append(stdout.getvalue())  # what was printed before this token was produced
+            yield token
+    monkeypatch.setattr(shared.sample, "generate_stream", watched_stream)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    main(["--models-dir", str(models), "--prompt", PROMPT, "--max-new-tokens", "6",
+          "--temperature", "0", "--eos"])
+    assert kwargs["eos_id"] == EOT_ID and kwargs["temperature"] == 0 and kwargs["top_k"] is None
+    # Before each new token is produced, the text of all earlier ones is already out.
+    assert len(seen) == 6 and seen[0] == PROMPT and len(seen[-1]) > len(PROMPT)
+    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:] + [stdout.getvalue()]))
+
+
+def test_decode_stream_holds_back_split_characters(tokenizer):
+    text = "naïve café 👋🏽 世界 ok"
+    ids = tokenizer.encode(text)
+
+    def is_part_of_a_character(token_id):
+        try:
+            tokenizer.decode_single_token_bytes(token_id).decode("utf-8")
+            return False
+        except UnicodeDecodeError:
+            return True
+    assert any(map(is_part_of_a_character, ids))  # the text really splits characters
+    pieces = list(decode_stream(ids, tokenizer))
+    assert len(pieces) == len(ids) + 1  # one piece per token, then the flush
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top-k", "0"], "top_k must be a positive"),
+    (["--prompt", ""], "the prompt is empty"),
+    (["--gpt2", "2B"], "invalid choice"),
+])
+def test_bad_arguments_fail_before_loading(args, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(shared.sample, "load_pretrained_gpt2", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(tmp_path), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

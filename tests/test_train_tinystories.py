@@ -1,0 +1,122 @@
+"""shared.train_tinystories: the default ~30M model, the CLI in-process, and torchrun with 2 CPU ranks.
+
+The data is the TinyStories sample, tokenised with GPT-2's BPE into train.bin / val.bin as
+shared.prepare_tinystories lays them out (ids of a story, then <|endoftext|>), with a meta.json.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.model import GPTModel, count_parameters
+from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
+from shared.train_tinystories import DEFAULT_PARAMETERS, build_parser, main, model_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model small enough for a test: the padded 50304-row vocabulary of the real run, width 16.
+TINY = ["--emb-dim", "16", "--num-layers", "1", "--num-heads", "2", "--block-size", "16",
+        "--batch-size", "4", "--eval-iters", "2", "--warmup-iters", "2", "--lr", "1e-2",
+        "--device", "cpu", "--no-progress", "--patience", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tinystories_sample, tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tinystories_bins")
+    splits = {}
+    for split, path in zip(("train", "val"), tinystories_sample):
+        stories = [s.strip() for s in path.read_text(encoding="utf-8").split("\n\n") if s.strip()]
+        ids = [t for story in stories for t in tokenizer.encode_ordinary(story) + [EOT_ID]]
+        np.array(ids, dtype=np.uint16).tofile(folder / f"{split}.bin")
+        splits[split] = {"file": f"{split}.bin", "tokens": len(ids)}
+    meta = {"vocab_size": GPT2_VOCAB_SIZE, "eot_id": EOT_ID, "dtype": "uint16", "splits": splits}
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
+def test_default_model_is_the_stated_30m(capsys):
+    args = build_parser().parse_args(["--data-dir", "d", "--out-dir", "o"])
+    cfg = model_config(args)
+    assert (cfg["norm"], cfg["pos_encoding"], cfg["vocab_size"]) == ("rmsnorm", "rope", 50304)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        tied = count_parameters(GPTModel(cfg))
+        untied = count_parameters(GPTModel({**cfg, "tie_weights": False}))
+    assert tied == DEFAULT_PARAMETERS
+    # by hand: embedding 50304*384, 6 blocks of 12*384^2 weights + 8*384 biases and gains, final norm
+    assert tied == 50304 * 384 + 6 * (12 * 384 ** 2 + 8 * 384) + 384
+    assert untied == tied + 50304 * 384
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"{tied:,}" in help_text and f"{untied:,}" in help_text
+
+
+def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
+    out = tmp_path / "run"
+    first = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "20",
+                  "--eval-interval", "10", "--lr-decay-iters", "30", *TINY])
+    assert first["iters"] == [0, 10, 20]
+    assert first["val_losses"][-1] < first["val_losses"][0] - 0.5
+    assert abs(first["val_losses"][0] - np.log(50304)) < 0.5  # untrained: about ln(vocab)
+
+    # Resume: the size flags are ignored, the model comes from last.pt.
+    resumed = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "30",
+                    "--eval-interval", "10", "--lr-decay-iters", "30", "--resume", *TINY,
+                    "--emb-dim", "32"])
+    assert resumed["iters"] == [0, 10, 20, 30]
+    assert resumed["val_losses"][:3] == first["val_losses"]
+    assert len(resumed["step_losses"]) == 30
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["extra"]["iter_num"] == 30 and saved["extra"]["model_config"]["emb_dim"] == 16
+
+    with pytest.raises(ValueError, match="--resume"):       # never overwrite a run by accident
+        main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2", *TINY])
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "empty"), "--resume", *TINY])
+    with pytest.raises(ValueError, match="--vocab-size"):   # ids up to 50256 need 50257 rows
+        main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "small"), *TINY,
+              "--vocab-size", "1000"])
+
+
+def torchrun(args, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "shared.train_tinystories", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_ddp_on_two_cpu_processes_trains_and_resumes(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    common = ["--data-dir", str(data_dir), "--out-dir", str(out), "--eval-interval", "4",
+              "--lr-decay-iters", "8", *TINY]
+    log = torchrun([*common, "--max-iters", "4"])
+    assert "on 2 process(es)" in log
+    assert log.count("iter 0: train loss") == 1  # rank 0 alone logs
+    first = torch.load(out / "last.pt", weights_only=True)["extra"]
+    assert first["iter_num"] == 4
+    assert first["history"]["val_losses"][-1] < first["history"]["val_losses"][0]
+    rng = first["rng"]  # every rank's random state, each rank its own batch stream
+    assert len(rng) == 2 and not torch.equal(rng[0]["batches"], rng[1]["batches"])
+
+    log = torchrun([*common, "--max-iters", "8", "--resume"])
+    assert "at iter 4" in log
+    second = torch.load(out / "last.pt", weights_only=True)["extra"]
+    assert second["iter_num"] == 8
+    assert second["history"]["iters"] == [0, 4, 8]
+    assert second["history"]["val_losses"][:2] == first["history"]["val_losses"]
+    assert second["history"]["val_losses"][-1] < first["history"]["val_losses"][-1]
