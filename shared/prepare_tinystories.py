@@ -91,7 +91,8 @@ def _story_rows(path, separator):
 def tokenize_batch(batch):
     """datasets.map function: each story's ids followed by one <|endoftext|>, as uint16."""
     enc = get_tokenizer()  # cached per process; forked workers inherit the parent's copy
-    ids = [np.array(enc.encode_ordinary(text) + [EOT_ID], dtype=DTYPE) for text in batch["text"]]
+    ids = [np.array(enc.encode_ordinary(text.strip()) + [EOT_ID], dtype=DTYPE)
+           for text in batch["text"]]
     return {"ids": ids, "len": [len(x) for x in ids]}
 
 
@@ -151,27 +152,28 @@ def _file_source(path, url=None) -> dict:
     return src
 
 
-def _inputs_match(out_dir: Path, sources: dict) -> bool:
-    """True when meta.json records these sources and both .bin files have the recorded size."""
+def up_to_date(out_dir: Path, sources: dict) -> dict | None:
+    """meta.json's contents if it records these sources and both .bin files have the recorded
+    size, else None."""
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file():
-        return False
+        return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        return False
+        return None
     if meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(sources):
-        return False
+        return None
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split, source in sources.items():
         info = meta["splits"][split]
-        recorded = {k: info["source"].get(k) for k in source}
-        if recorded != source:
-            return False
+        if {k: info["source"].get(k) for k in source} != source:
+            return None
         bin_path = out_dir / info["file"]
         if not bin_path.is_file() or bin_path.stat().st_size != info["tokens"] * itemsize:
-            return False
-    return True
+            return None
+    print(f"{out_dir} is up to date; nothing to do")
+    return meta
 
 
 def _meta(splits: dict) -> dict:
@@ -214,19 +216,22 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
     else:  # download: the raw files live in out_dir; an existing copy is not fetched again
         urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
         files = {split: out_dir / name for split, name in OFFICIAL_FILES.items()}
-        if not force and all(p.is_file() for p in files.values()):
-            sources = {s: _file_source(files[s], urls[s]) for s in files}
-            if _inputs_match(out_dir, sources):
-                print(f"{out_dir} is up to date; nothing to do")
-                return json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+        if not force:
+            # With the text files at hand their sizes must match too; without them (deleted
+            # after an earlier run) the URLs are the inputs, and nothing is fetched again.
+            present = all(p.is_file() for p in files.values())
+            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s]) if present
+                                        else {"url": urls[s]} for s in files})
+            if meta:
+                return meta
         from shared.download import download_file
         for split in files:
             download_file(urls[split], files[split], progress=True)
         sources = {s: _file_source(files[s], urls[s]) for s in files}
 
-    if not force and _inputs_match(out_dir, sources):
-        print(f"{out_dir} is up to date; nothing to do")
-        return json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    meta = None if force else up_to_date(out_dir, sources)
+    if meta:
+        return meta
 
     separators = {}
     if source != "hf":
@@ -293,7 +298,9 @@ def main(argv=None):
     parser.add_argument("--val-file", help="local validation text instead of a download")
     parser.add_argument("--num-proc", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="tokeniser processes")
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even if meta.json records the same inputs (with --source hf, "
+                             "the dataset name is all it records)")
     args = parser.parse_args(argv)
     try:
         prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force)

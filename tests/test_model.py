@@ -13,13 +13,15 @@ VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learne
 
 
 def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
-    """A tiny model in eval mode whose norm weights and biases are random too, so swapped or
-    ignored parameters change the output."""
+    """A tiny model in eval mode with unit-scale activations (matrices N(0, 1/fan_in)) and random
+    norm weights and biases, so a wrong GELU, eps or a swapped parameter changes the output."""
     torch.manual_seed(seed)
     model = GPTModel(dict(TINY, norm=norm, pos_encoding=pos_encoding, **overrides))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
+            if p.dim() == 2:
+                p.normal_(0.0, p.size(1) ** -0.5)
+            elif "norm" in name or name.endswith("bias"):
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
     return model.eval()
 

@@ -20,8 +20,8 @@ from fake_gpt2 import REAL_HPARAMS, write_fake_gpt2
 from nbrun import REPO, cell_text, run_notebook
 
 NOTEBOOK = "ch05_pretraining.ipynb"
-SMALL = {"context_length": 32, "emb_dim": 32, "num_layers": 2, "num_heads": 2, "batch_size": 2,
-         "num_epochs": 2, "eval_freq": 5, "eval_iter": 1, "extra_epochs": 1, "num_samples": 2000,
+SMALL = {"context_length": 64, "emb_dim": 32, "num_layers": 2, "num_heads": 2, "batch_size": 4,
+         "num_epochs": 2, "eval_freq": 4, "eval_iter": 1, "learning_rate": 1e-3, "extra_epochs": 1, "num_samples": 2000,
          "device_name": "cpu", "gpt2_new_tokens": 8, "gpt2_eval_batches": 1,
          "gpt2_weights_note": "random weights written by tests/fake_gpt2.py, not OpenAI's"}
 TOY_LOGITS = [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79]

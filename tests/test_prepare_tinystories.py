@@ -201,6 +201,10 @@ def test_download_source_goes_through_the_mirror(official_files, tmp_path, monke
     before = file_state(out)
     prep.prepare(out)
     assert file_state(out) == before
+    for name in prep.OFFICIAL_FILES.values():  # text deleted after preparing: no new download
+        (out / name).unlink()
+    prep.prepare(out)
+    assert file_state(out) == before and not (out / "TinyStories-train.txt").exists()
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -224,3 +228,22 @@ def test_help_says_how_stories_are_split(capsys):
         prep.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "<|endoftext|>" in help_text and "blank lines" in help_text
+
+
+def test_hf_source_takes_one_story_per_row(tmp_path, monkeypatch, tokenizer):
+    """--source hf, with datasets.load_dataset replaced by an in-memory copy of the hub layout."""
+    import datasets
+    rows = {"train": ["  Story one.\n\nIt has two paragraphs.\n", "", "Story <|endoftext|> two."],
+            "validation": ["Val story."]}
+    hub = datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": v}) for k, v in rows.items()})
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: asked.append(name) or hub)
+    meta = prep.prepare(tmp_path, source="hf", num_proc=1)
+    assert asked == [prep.HF_DATASET]
+    expected = ["Story one.\n\nIt has two paragraphs.", "Story <|endoftext|> two."]  # empty row dropped
+    tokens = np.asarray(load_tokens(tmp_path / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(expected, tokenizer))
+    assert meta["splits"]["train"]["stories"] == 2 and meta["splits"]["val"]["stories"] == 1
+    before = file_state(tmp_path)
+    prep.prepare(tmp_path, source="hf")  # the same hub dataset: nothing to do, not even loading it
+    assert file_state(tmp_path) == before and asked == [prep.HF_DATASET]
