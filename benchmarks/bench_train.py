@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (Report, Target, common_args, fmt_rate, machine, median, progress,
+from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
                                setup, spread, targets_markdown, time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
@@ -183,7 +183,7 @@ def run(args) -> Report:
         t = times[(v.name, v.mode)]
         r = rate[(v.name, v.mode)]
         rows.append([v.name, v.mode, f"{sum(p.numel() for p in v.model.parameters()) / 1e6:.1f}M",
-                     f"{median(t) * 1000:.0f}", spread([s * 1000 for s in t]), fmt_rate(r),
+                     fmt_num(median(t) * 1000), spread([s * 1000 for s in t]), fmt_num(r),
                      f"{r / rate[(HF, v.mode)]:.2f}x",
                      f"{100 * r * flops_per_token(v.shape, T) / peak:.1f}%"])
     targets = [Target("training tokens/s: ours (tied head) / HF GPT2LMHeadModel, fp32",

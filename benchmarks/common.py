@@ -81,26 +81,30 @@ def time_once(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_alternating(variants: dict, repeats: int, warmup: int, device: torch.device,
+def time_alternating(variants: dict, repeats, warmup: int, device: torch.device,
                      on_result=None) -> dict:
     """Time every variant `repeats` times, interleaved, after `warmup` untimed calls of each.
 
-    variants: {name: fn}. Returns {name: [seconds, ...]}. on_result(name, seconds) is called after
-    each timed run (progress output for long benchmarks).
+    variants: {name: fn}. repeats: one number for all, or {name: number} (a slow variant may run
+    fewer times; it then sits out the later rounds). Returns {name: [seconds, ...]}.
+    on_result(name, seconds) is called after each timed run (progress output for long benchmarks).
     """
+    if not isinstance(repeats, dict):
+        repeats = {name: repeats for name in variants}
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in variants}
     names = list(variants)
-    for r in range(repeats):
+    for r in range(max(repeats.values())):
         # Rotate the order every round, so no variant always runs right after the same neighbour.
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            seconds = time_once(variants[name], device)
-            times[name].append(seconds)
-            if on_result is not None:
-                on_result(name, seconds)
+            if len(times[name]) < repeats[name]:
+                seconds = time_once(variants[name], device)
+                times[name].append(seconds)
+                if on_result is not None:
+                    on_result(name, seconds)
     return times
 
 
@@ -110,7 +114,14 @@ def median(values) -> float:
 
 def spread(values) -> str:
     """min-max of the timed runs, as a rough error bar."""
-    return f"{min(values):.3g}-{max(values):.3g}"
+    return f"{fmt_num(min(values))}-{fmt_num(max(values))}"
+
+
+def fmt_num(x: float) -> str:
+    """Three significant digits, without exponents: 2137.4 -> '2,140', 12.34 -> '12.3'."""
+    if x >= 100:
+        return f"{float(f'{x:.3g}'):,.0f}"
+    return f"{x:.3g}"
 
 
 def progress(message: str) -> None:
@@ -172,8 +183,3 @@ def targets_markdown(targets) -> str:
     return markdown_table(["target", "measured", "goal", "met"], [t.row() for t in targets])
 
 
-def fmt_rate(x: float) -> str:
-    """Tokens per second with three significant digits: 1234.5 -> '1,230'; 12.34 -> '12.3'."""
-    if x >= 100:
-        return f"{float(f'{x:.3g}'):,.0f}"
-    return f"{x:.3g}"

@@ -20,7 +20,7 @@ from fake_gpt2 import REAL_HPARAMS, write_fake_gpt2
 from nbrun import REPO, cell_text, run_notebook
 
 NOTEBOOK = "ch05_pretraining.ipynb"
-SMALL = {"context_length": 64, "emb_dim": 32, "num_layers": 2, "num_heads": 2, "batch_size": 4,
+SMALL = {"context_length": 64, "emb_dim": 16, "num_layers": 2, "num_heads": 2, "batch_size": 4,
          "num_epochs": 2, "eval_freq": 4, "eval_iter": 1, "learning_rate": 1e-3, "extra_epochs": 1, "num_samples": 2000,
          "device_name": "cpu", "gpt2_new_tokens": 8, "gpt2_eval_batches": 1,
          "gpt2_weights_note": "random weights written by tests/fake_gpt2.py, not OpenAI's"}
