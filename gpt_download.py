@@ -17,6 +17,7 @@ any folder; this file is the chapter's familiar entry point.
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from shared.gpt2 import GPT2_SIZES, PARAMS_CACHE, download_and_load_gpt2
 
@@ -26,7 +27,8 @@ __all__ = ["download_and_load_gpt2"]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Download GPT-2 and cache its weights.")
     parser.add_argument("--model-size", default="124M", choices=GPT2_SIZES)
-    parser.add_argument("--models-dir", default="gpt2", help="parent folder of <size>/ (default: gpt2)")
+    parser.add_argument("--models-dir", default="gpt2",
+                        help="the weights go to MODELS_DIR/<size>/ (default: gpt2)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -34,7 +36,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     print(f"GPT-2 {args.model_size}: {settings}")
     print(f"{len(params['blocks'])} blocks, token embedding {tuple(params['wte'].shape)}; "
-          f"loaded in {seconds:.1f} s, cached in {args.models_dir}/{args.model_size}/{PARAMS_CACHE}")
+          f"loaded in {seconds:.1f} s")
+    print(f"arrays cached in {Path(args.models_dir, args.model_size, PARAMS_CACHE)}")
     return 0
 
 

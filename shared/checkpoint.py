@@ -25,6 +25,9 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

@@ -6,7 +6,7 @@ import torch
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding, as chapter 4 writes it: append the most likely token, one at a time."""
-    check_prompt(idx, max_new_tokens)
+    check_prompt(idx, max_new_tokens, context_size)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # the model sees at most context_size tokens
         with torch.no_grad():
@@ -16,7 +16,7 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
     return idx
 
 
-def check_prompt(idx, max_new_tokens):
+def check_prompt(idx, max_new_tokens, context_size=None):
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"idx must be a (batch, tokens) tensor of ids, got {shape}; "
@@ -25,6 +25,9 @@ def check_prompt(idx, max_new_tokens):
         raise ValueError("the prompt is empty: give at least one token (e.g. <|endoftext|>)")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if context_size is not None and context_size < 1:  # idx[:, -0:] would silently keep everything
+        raise ValueError(f"context_size must be >= 1 (usually model.context_length), "
+                         f"got {context_size}")
 
 
 def check_sampling(temperature, top_k):
@@ -90,7 +93,7 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     Rows that have produced `eos_id` keep yielding eos_id as padding; the stream ends early when
     every row has finished (the step in which the last row finishes is not yielded).
     """
-    check_prompt(idx, max_new_tokens)
+    check_prompt(idx, max_new_tokens, context_size)
     check_sampling(temperature, top_k)
     core = _unwrap(model)
     vocab_limit = getattr(core, "tokenizer_vocab_size", None)

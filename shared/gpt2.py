@@ -68,7 +68,7 @@ def gpt2_config(name: str) -> dict:
 
 
 def config_from_hparams(settings: dict) -> dict:
-    """GPTModel config from a checkpoint's hparams.json: the one source that always fits its weights."""
+    """GPTModel config from a checkpoint's hparams.json, the one source sure to fit its weights."""
     return {**GPT_CONFIG_124M,
             "vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"],
             "emb_dim": settings["n_embd"], "num_heads": settings["n_head"],
@@ -76,7 +76,7 @@ def config_from_hparams(settings: dict) -> dict:
 
 
 def gpt2_param_shapes(settings: dict) -> dict:
-    """Shape of every array a checkpoint with these hparams holds, by flat name ("blocks.0.ln_1.g")."""
+    """Shape of every array in a checkpoint with these hparams, by flat name ("blocks.0.ln_1.g")."""
     C, V, T = settings["n_embd"], settings["n_vocab"], settings["n_ctx"]
     block = {"attn.c_attn.w": (C, 3 * C), "attn.c_attn.b": (3 * C,),
              "attn.c_proj.w": (C, C), "attn.c_proj.b": (C,),
@@ -90,7 +90,7 @@ def gpt2_param_shapes(settings: dict) -> dict:
 
 
 def tf_variable_name(key: str) -> str:
-    """Flat name -> name inside OpenAI's checkpoint: "blocks.0.attn.c_attn.w" -> "model/h0/attn/c_attn/w"."""
+    """Flat name -> checkpoint name: "blocks.0.attn.c_attn.w" -> "model/h0/attn/c_attn/w"."""
     if key.startswith("blocks."):
         _, layer, rest = key.split(".", 2)
         return f"model/h{layer}/" + rest.replace(".", "/")
@@ -198,7 +198,7 @@ def save_params_cache(params: dict, path) -> Path:
 
 
 def load_params_cache(path, settings: dict) -> dict:
-    """Read params from a safetensors cache; CorruptCheckpointError if it is unreadable or incomplete."""
+    """Read params from the safetensors cache; CorruptCheckpointError if it is unusable."""
     from safetensors.numpy import load_file
 
     try:
@@ -213,17 +213,19 @@ def load_params_cache(path, settings: dict) -> dict:
 
 
 def download_gpt2_files(model_size: str, models_dir="gpt2", progress: bool = True) -> Path:
-    """Fetch OpenAI's seven files for `model_size` into models_dir/model_size; return that folder."""
+    """Fetch OpenAI's seven files for `model_size` into models_dir/model_size; return the folder."""
     if model_size not in GPT2_SIZES:
-        raise ValueError(f"unknown GPT-2 size {model_size!r}; choose one of {', '.join(GPT2_SIZES)}")
+        raise ValueError(f"unknown GPT-2 size {model_size!r}; "
+                         f"choose one of {', '.join(GPT2_SIZES)}")
     model_dir = Path(models_dir) / model_size
-    for name in GPT2_FILES:  # files already there are complete (download_file renames atomically)
-        download_file(f"{GPT2_MODELS_URL}/{model_size}/{name}", model_dir / name, progress=progress)
+    for name in GPT2_FILES:  # a file already there is complete: download_file renames atomically
+        url = f"{GPT2_MODELS_URL}/{model_size}/{name}"
+        download_file(url, model_dir / name, progress=progress)
     return model_dir
 
 
 def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = True):
-    """Download GPT-2 `model_size` ("124M", "355M", "774M" or "1558M"); return (settings, params).
+    """Download GPT-2 `model_size` ("124M", "355M", "774M" or "1558M"); return (settings, params)
 
     The first call reads the TensorFlow checkpoint and caches its arrays in params.safetensors;
     later calls read only the cache. An unreadable cache is replaced, with a warning.
@@ -246,7 +248,7 @@ def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = 
 # ---------------------------------------------------------------------------------------------
 
 def assign(left: torch.Tensor, right) -> nn.Parameter:
-    """A new Parameter holding a copy of `right`, with `left`'s shape (checked), dtype and device."""
+    """A new Parameter holding a copy of `right`, with `left`'s (checked) shape, dtype, device."""
     right = torch.as_tensor(right)
     if tuple(left.shape) != tuple(right.shape):
         raise ValueError(f"shape mismatch: the model has {tuple(left.shape)}, "
@@ -264,8 +266,9 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
     """Copy OpenAI's arrays into every parameter of `gpt`, a GPTModel built with
     config_from_hparams(settings) or gpt2_config(size)."""
     if len(params["blocks"]) != len(gpt.trf_blocks):
-        raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks, the model "
-                         f"{len(gpt.trf_blocks)}; build it with config_from_hparams(settings)")
+        raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks, "
+                         f"the model {len(gpt.trf_blocks)}; build the model with "
+                         "config_from_hparams(settings)")
     if (gpt.pos_emb is None or not isinstance(gpt.final_norm, nn.LayerNorm)
             or any(block.att.W_query.bias is None for block in gpt.trf_blocks)):
         raise ValueError("GPT-2 needs learned position embeddings, LayerNorm and qkv_bias=True; "
@@ -285,12 +288,15 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
         att.W_query.bias = assign(att.W_query.bias, q_b)
         att.W_key.bias = assign(att.W_key.bias, k_b)
         att.W_value.bias = assign(att.W_value.bias, v_b)
-        att.out_proj.weight = assign(att.out_proj.weight, _linear_weight(p["attn"]["c_proj"]["w"]))
+        att.out_proj.weight = assign(att.out_proj.weight,
+                                     _linear_weight(p["attn"]["c_proj"]["w"]))
         att.out_proj.bias = assign(att.out_proj.bias, p["attn"]["c_proj"]["b"])
 
-        ff.layers[0].weight = assign(ff.layers[0].weight, _linear_weight(p["mlp"]["c_fc"]["w"]))
+        ff.layers[0].weight = assign(ff.layers[0].weight,
+                                     _linear_weight(p["mlp"]["c_fc"]["w"]))
         ff.layers[0].bias = assign(ff.layers[0].bias, p["mlp"]["c_fc"]["b"])
-        ff.layers[2].weight = assign(ff.layers[2].weight, _linear_weight(p["mlp"]["c_proj"]["w"]))
+        ff.layers[2].weight = assign(ff.layers[2].weight,
+                                     _linear_weight(p["mlp"]["c_proj"]["w"]))
         ff.layers[2].bias = assign(ff.layers[2].bias, p["mlp"]["c_proj"]["b"])
 
         # LayerNorm: g (gain) is the scale, nn.LayerNorm's weight; b is the shift, its bias.

@@ -32,15 +32,20 @@ def decode_stream(token_ids, tokenizer):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m shared.sample", description=__doc__.split("\n")[0])
-    parser.add_argument("--gpt2", default="124M", choices=GPT2_SIZES, help="GPT-2 size (default: 124M)")
-    parser.add_argument("--models-dir", default="gpt2", help="where the weights live (default: gpt2)")
+    parser = argparse.ArgumentParser(prog="python -m shared.sample",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--gpt2", default="124M", choices=GPT2_SIZES,
+                        help="GPT-2 size (default: 124M)")
+    parser.add_argument("--models-dir", default="gpt2",
+                        help="where the weights are downloaded (default: gpt2)")
     parser.add_argument("--prompt", default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample among the k likeliest tokens only")
     parser.add_argument("--seed", type=int, default=None, help="fix the random choices")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the fastest found)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or mps (default: the fastest available)")
     parser.add_argument("--eos", action="store_true", help="stop at <|endoftext|>")
     args = parser.parse_args(argv)
     tokenizer = get_tokenizer()
@@ -63,7 +68,8 @@ def main(argv=None) -> int:
     print(args.prompt, end="", flush=True)
     tokens = generate_stream(model, args.prompt_ids.to(device), args.max_new_tokens,
                              context_size=settings["n_ctx"], temperature=args.temperature,
-                             top_k=args.top_k, eos_id=EOT_ID if args.eos else None, use_cache=True)
+                             top_k=args.top_k, eos_id=EOT_ID if args.eos else None,
+                             use_cache=True)
     for piece in decode_stream((t.item() for t in tokens), tokenizer):
         print(piece, end="", flush=True)
     print(flush=True)

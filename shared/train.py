@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from shared.checkpoint import unwrap_model
 from shared.generate import generate_text_simple
 from shared.tokenizer import text_to_token_ids, token_ids_to_text
 
@@ -19,6 +20,8 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
     if len(data_loader) == 0:
         raise ValueError("the data loader yields no batches: the text is too short for one batch "
                          "(use a shorter context, a smaller batch or drop_last=False)")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 (or None for every batch), got {num_batches}")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -41,7 +44,7 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
     """Print a greedy continuation of `start_context`, to watch the model learn."""
     model.eval()
-    context_size = model.context_length
+    context_size = unwrap_model(model).context_length
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     with torch.no_grad():
         token_ids = generate_text_simple(model, encoded, max_new_tokens, context_size)
@@ -53,6 +56,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        eval_freq, eval_iter, start_context, tokenizer):
     """Plain training loop. Returns (train_losses, val_losses, track_tokens_seen), one entry per
     evaluation (every `eval_freq` optimizer steps, starting with step 0)."""
+    if eval_freq < 1:
+        raise ValueError(f"eval_freq is a number of optimizer steps and must be >= 1, got {eval_freq}")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     for epoch in range(num_epochs):

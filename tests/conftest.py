@@ -10,6 +10,12 @@ SHARED_DATA = REPO.parent / "shared"
 if not os.environ.get("LLM_MIRROR") and (SHARED_DATA / "mirror").is_dir():
     os.environ["LLM_MIRROR"] = str(SHARED_DATA / "mirror")
 
+if "OMP_NUM_THREADS" not in os.environ:
+    # Tests run tiny models: on busy cores two OpenMP threads wait on each other at every op
+    # (measured 9x slower than one thread on 2 shared cores). Notebooks run in their own kernels.
+    import torch
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

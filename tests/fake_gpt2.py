@@ -44,12 +44,18 @@ def random_tf_variables(hparams, seed=0):
     for i in range(L):
         h = f"model/h{i}"
         tf_vars.update({
-            f"{h}/ln_1/g": normal(C, mean=1.0, std=0.3), f"{h}/ln_1/b": normal(C, std=0.3),
-            f"{h}/attn/c_attn/w": normal(1, C, 3 * C, std=0.15), f"{h}/attn/c_attn/b": normal(3 * C, std=0.1),
-            f"{h}/attn/c_proj/w": normal(1, C, C, std=0.05), f"{h}/attn/c_proj/b": normal(C, std=0.05),
-            f"{h}/ln_2/g": normal(C, mean=1.0, std=0.3), f"{h}/ln_2/b": normal(C, std=0.3),
-            f"{h}/mlp/c_fc/w": normal(1, C, 4 * C, std=0.1), f"{h}/mlp/c_fc/b": normal(4 * C, std=0.1),
-            f"{h}/mlp/c_proj/w": normal(1, 4 * C, C, std=0.05), f"{h}/mlp/c_proj/b": normal(C, std=0.05),
+            f"{h}/ln_1/g": normal(C, mean=1.0, std=0.3),
+            f"{h}/ln_1/b": normal(C, std=0.3),
+            f"{h}/attn/c_attn/w": normal(1, C, 3 * C, std=0.15),  # 1x1 convolution: (1, in, out)
+            f"{h}/attn/c_attn/b": normal(3 * C, std=0.1),
+            f"{h}/attn/c_proj/w": normal(1, C, C, std=0.05),
+            f"{h}/attn/c_proj/b": normal(C, std=0.05),
+            f"{h}/ln_2/g": normal(C, mean=1.0, std=0.3),
+            f"{h}/ln_2/b": normal(C, std=0.3),
+            f"{h}/mlp/c_fc/w": normal(1, C, 4 * C, std=0.1),
+            f"{h}/mlp/c_fc/b": normal(4 * C, std=0.1),
+            f"{h}/mlp/c_proj/w": normal(1, 4 * C, C, std=0.05),
+            f"{h}/mlp/c_proj/b": normal(C, std=0.05),
         })
     return tf_vars
 
@@ -95,7 +101,11 @@ def fake_model_dir(mirror, size):
 
 
 def hf_name(tf_name):
-    """Hugging Face's name for a TensorFlow variable: model/h0/attn/c_attn/w -> transformer.h.0.attn.c_attn.weight."""
+    """Hugging Face's name for an OpenAI variable.
+
+    model/h0/attn/c_attn/w -> transformer.h.0.attn.c_attn.weight
+    model/wte              -> transformer.wte.weight
+    """
     parts = tf_name.split("/")[1:]
     if parts[0].startswith("h"):
         parts = ["h", parts[0][1:], *parts[1:]]
@@ -106,19 +116,35 @@ def hf_name(tf_name):
     return "transformer." + ".".join(parts)
 
 
+def hf_gpt2_config(hparams):
+    """transformers.GPT2Config for OpenAI hparams (GPT-2's tanh GELU, LayerNorm eps, tied head)."""
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"],
+                      n_embd=hparams["n_embd"], n_layer=hparams["n_layer"],
+                      n_head=hparams["n_head"], activation_function="gelu_new",
+                      layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      tie_word_embeddings=True)
+
+
+def hf_parameter_count(hparams):
+    """Parameter count of Hugging Face's GPT-2 for these hparams (on the meta device: no memory)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT2LMHeadModel(hf_gpt2_config(hparams)).parameters())
+
+
 def hf_gpt2_from_tf_variables(tf_vars, hparams):
     """transformers.GPT2LMHeadModel holding the same weights: the independent reference.
 
     Hugging Face's Conv1D stores weights as (in, out), TensorFlow's layout without the leading 1.
     """
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"],
-                        n_embd=hparams["n_embd"], n_layer=hparams["n_layer"], n_head=hparams["n_head"],
-                        activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
-    model = GPT2LMHeadModel(config).eval()
+    model = GPT2LMHeadModel(hf_gpt2_config(hparams)).eval()
     state = {hf_name(name): torch.from_numpy(array[0] if array.ndim == 3 else array)
              for name, array in tf_vars.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -31,16 +31,15 @@ def batch():
 
 
 def test_round_trip_restores_model_optimizer_and_extras(tmp_path, batch):
-    """Identical logits and AdamW state after loading; one more step from each gives the same weights."""
+    """Same logits and AdamW state after loading; one more step from each gives the same weights."""
     model, optimizer = make(seed=0)
     for _ in range(3):
         train_step(model, optimizer, batch)
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer, epoch=3, tokens_seen=[16, 32, 48],
-                           cfg=TINY, note="after three steps")
+    extra = {"epoch": 3, "tokens_seen": [16, 32, 48], "cfg": TINY, "note": "after three steps"}
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer, **extra)
 
     restored, restored_opt = make(seed=1)  # different weights and an empty optimizer
-    extra = load_checkpoint(path, restored, restored_opt)
-    assert extra == {"epoch": 3, "tokens_seen": [16, 32, 48], "cfg": TINY, "note": "after three steps"}
+    assert load_checkpoint(path, restored, restored_opt) == extra
 
     with torch.no_grad():
         assert torch.equal(restored(batch[:, :-1]), model(batch[:, :-1]))

@@ -25,7 +25,7 @@ def numbers(n):
     (5, 4, 1),    # exactly one window
 ])
 def test_windows_and_targets_by_hand(n, max_length, stride):
-    """Window i is ids [i*stride, i*stride + max_length); its target is the same span shifted by one."""
+    """Window i is ids [i*stride, i*stride + max_length); its target is that span shifted by one."""
     dataset = GPTDatasetV1(numbers(n), CountingTokenizer(), max_length, stride)
     assert len(dataset) == len(range(0, n - max_length, stride))
     for i in range(len(dataset)):
@@ -99,7 +99,7 @@ def test_verdict_loaders_with_the_chapters_settings(verdict_split, tokenizer):
 
 
 def test_verdict_validation_at_context_1024_raises(verdict_split, tokenizer):
-    """GPT-2's full context does not fit the 534 validation tokens: say so instead of looping over nothing."""
+    """Context 1024 does not fit the 534 validation tokens: say so rather than loop over nothing."""
     with pytest.raises(ValueError, match="1025"):
         create_dataloader_v1(verdict_split[1], batch_size=2, max_length=1024, stride=1024,
                              drop_last=False, shuffle=False, tokenizer=tokenizer)

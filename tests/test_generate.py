@@ -16,10 +16,16 @@ def model():
     torch.manual_seed(0)
     model = GPTModel(TINY)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model.eval()
+
+
+def prompt(batch_size, length, seed=0):
+    """Random token ids that do not depend on which tests ran before."""
+    return torch.randint(0, TINY["vocab_size"], (batch_size, length),
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def greedy_reference(model, idx, max_new_tokens, context_size):
@@ -33,7 +39,7 @@ def greedy_reference(model, idx, max_new_tokens, context_size):
 
 def test_greedy_equals_top_k_1_and_temperature_0(model):
     """temperature=0, top_k=1 (with or without temperature) and the chapter's loop agree."""
-    idx = torch.randint(0, TINY["vocab_size"], (2, 4))
+    idx = prompt(2, 4)
     expected = greedy_reference(model, idx, 10, 16)
     assert len(set(expected[:, 4:].flatten().tolist())) > 3  # not one token repeated
     assert torch.equal(generate(model, idx, 10, 16), expected)
@@ -44,7 +50,7 @@ def test_greedy_equals_top_k_1_and_temperature_0(model):
 
 def test_fixed_seed_fixed_sample(model):
     """The same seed gives the same sample; another seed gives another one."""
-    idx = torch.randint(0, TINY["vocab_size"], (1, 4))
+    idx = prompt(1, 4)
 
     def sample(seed):
         torch.manual_seed(seed)
@@ -70,7 +76,7 @@ def test_generation_runs_in_eval_mode_and_restores_mode():
     """Dropout is off while generating; a model in training mode gets its mode back."""
     torch.manual_seed(0)
     model = GPTModel(dict(TINY, drop_rate=0.5)).train()
-    idx = torch.randint(0, TINY["vocab_size"], (1, 4))
+    idx = prompt(1, 4)
     expected = greedy_reference(model.eval(), idx, 8, 16)
     model.train()
     assert torch.equal(generate(model, idx, 8, 16), expected)
@@ -79,27 +85,28 @@ def test_generation_runs_in_eval_mode_and_restores_mode():
 
 def test_prompt_longer_than_context_is_cropped(model):
     """The model sees only the last context_size tokens: same continuation as the cropped prompt."""
-    prompt = torch.randint(0, TINY["vocab_size"], (2, 30))
-    out = generate(model, prompt, 6, context_size=16)
-    assert torch.equal(out[:, :30], prompt)
-    assert torch.equal(out[:, 30:], generate(model, prompt[:, -16:], 6, context_size=16)[:, 16:])
+    long_prompt = prompt(2, 30)
+    out = generate(model, long_prompt, 6, context_size=16)
+    cropped = long_prompt[:, -16:]
+    assert torch.equal(out[:, :30], long_prompt)
+    assert torch.equal(out[:, 30:], generate(model, cropped, 6, context_size=16)[:, 16:])
     with torch.no_grad():
-        first = model(prompt[:, -16:])[:, -1].argmax(-1)
+        first = model(cropped)[:, -1].argmax(-1)
     assert torch.equal(out[:, 30], first)
 
 
 class ScriptedModel(nn.Module):
     """Emits scripts[row][step] as the next token of each row (a logit of 10 on it, 0 elsewhere)."""
 
-    def __init__(self, scripts, prompt_len, vocab_size=50):
+    def __init__(self, scripts, vocab_size=50):
         super().__init__()
-        self.scripts, self.prompt_len, self.vocab_size = scripts, prompt_len, vocab_size
-        self.calls = 0
+        self.scripts, self.vocab_size = scripts, vocab_size
+        self.calls = 0  # one forward pass per generated step
 
     def forward(self, idx, kv_cache=None, last_only=False):
+        step = self.calls
         self.calls += 1
-        step = self.calls - 1
-        logits = torch.zeros(idx.size(0), idx.size(1), self.vocab_size)
+        logits = torch.zeros(idx.size(0), idx.size(1), self.vocab_size)  # (B, T, V)
         for row, script in enumerate(self.scripts):
             logits[row, -1, script[step]] = 10.0
         return logits
@@ -110,34 +117,35 @@ EOS = 0
 
 def test_eos_pads_finished_rows_while_others_continue():
     """Row 0 stops after one token and is padded with eos; row 1 keeps generating."""
-    model = ScriptedModel([[7, EOS, 3, 3, 3], [5, 6, 8, 9, 4]], prompt_len=2)
-    prompt = torch.tensor([[1, 2], [3, 4]])
-    out = generate(model, prompt, 5, context_size=100, eos_id=EOS)
+    model = ScriptedModel([[7, EOS, 3, 3, 3], [5, 6, 8, 9, 4]])
+    ids = torch.tensor([[1, 2], [3, 4]])
+    out = generate(model, ids, 5, context_size=100, eos_id=EOS)
     assert out.tolist() == [[1, 2, 7, EOS, EOS, EOS, EOS], [3, 4, 5, 6, 8, 9, 4]]
 
 
 def test_eos_stops_early_when_every_row_finished():
     """When the last row emits eos, generation stops without appending that step."""
-    model = ScriptedModel([[7, EOS, 3, 3, 3, 3, 3, 3], [5, 6, 8, EOS, 4, 4, 4, 4]], prompt_len=2)
-    prompt = torch.tensor([[1, 2], [3, 4]])
-    out = generate(model, prompt, 8, context_size=100, eos_id=EOS)
+    model = ScriptedModel([[7, EOS, 3, 3, 3, 3, 3, 3], [5, 6, 8, EOS, 4, 4, 4, 4]])
+    ids = torch.tensor([[1, 2], [3, 4]])
+    out = generate(model, ids, 8, context_size=100, eos_id=EOS)
     assert out.tolist() == [[1, 2, 7, EOS, EOS], [3, 4, 5, 6, 8]]
     assert model.calls == 4  # no forward pass after everyone finished
 
 
 def test_eos_single_row_not_appended():
     """One sequence: stop at eos, as the chapter's loop does, without appending it."""
-    model = ScriptedModel([[5, 6, EOS, 7, 8]], prompt_len=1)
+    model = ScriptedModel([[5, 6, EOS, 7, 8]])
     out = generate(model, torch.tensor([[9]]), 5, context_size=100, eos_id=EOS)
     assert out.tolist() == [[9, 5, 6]]
     # Without eos_id the same script runs to max_new_tokens.
-    model = ScriptedModel([[5, 6, EOS, 7, 8]], prompt_len=1)
-    assert generate(model, torch.tensor([[9]]), 5, context_size=100).tolist() == [[9, 5, 6, EOS, 7, 8]]
+    model = ScriptedModel([[5, 6, EOS, 7, 8]])
+    out = generate(model, torch.tensor([[9]]), 5, context_size=100)
+    assert out.tolist() == [[9, 5, 6, EOS, 7, 8]]
 
 
 def test_zero_new_tokens_returns_prompt(model):
-    prompt = torch.randint(0, TINY["vocab_size"], (1, 3))
-    assert torch.equal(generate(model, prompt, 0, 16), prompt)
+    ids = prompt(1, 3)
+    assert torch.equal(generate(model, ids, 0, 16), ids)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -148,6 +156,7 @@ def test_zero_new_tokens_returns_prompt(model):
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(idx=torch.zeros(1, 0, dtype=torch.long)), "empty"),
     (dict(idx=torch.tensor([1, 2, 3])), "batch, tokens"),
+    (dict(context_size=0), "context_size"),
 ])
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_bad_arguments_raise(model, kwargs, message, use_cache):
@@ -158,6 +167,8 @@ def test_bad_arguments_raise(model, kwargs, message, use_cache):
         generate(model, **args)
 
 
-def test_generate_text_simple_checks_its_prompt(model):
+def test_generate_text_simple_checks_its_arguments(model):
     with pytest.raises(ValueError, match="batch, tokens"):
         generate_text_simple(model, torch.tensor([1, 2]), 3, 16)
+    with pytest.raises(ValueError, match="context_size"):
+        generate_text_simple(model, torch.tensor([[1, 2]]), 3, 0)

@@ -1,4 +1,4 @@
-"""shared/gpt2.py: GPT-2 configs, assign, load_weights_into_gpt, checked against Hugging Face's GPT-2.
+"""shared/gpt2.py: configs, assign and load_weights_into_gpt, checked against Hugging Face's GPT-2.
 
 A random GPT-2 is written in OpenAI's TensorFlow layout, read back through download_and_load_gpt2
 and load_weights_into_gpt, and compared with transformers.GPT2LMHeadModel holding the same arrays.
@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 
-from fake_gpt2 import REAL_HPARAMS, hf_gpt2_from_tf_variables, write_fake_gpt2
+from fake_gpt2 import REAL_HPARAMS, hf_gpt2_from_tf_variables, hf_parameter_count, write_fake_gpt2
 from shared.generate import generate
 from shared.gpt2 import (GPT2_CONFIGS, assign, config_from_hparams, download_and_load_gpt2,
                          gpt2_config, load_weights_into_gpt)
 from shared.model import GPTModel, count_parameters
 
-# Two small shapes (vocabulary kept at 50257 so real token ids work).
+# Two small shapes, served as "124M" and "355M" (vocabulary kept at 50257 so real ids work).
 SHAPES = {
     "124M": {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2},
     "355M": {"n_vocab": 50257, "n_ctx": 40, "n_embd": 48, "n_head": 3, "n_layer": 3},
@@ -23,37 +23,31 @@ SHAPES = {
 
 @pytest.fixture(scope="module")
 def fake_mirror(tmp_path_factory):
-    """A mirror holding two random GPT-2s; returns (mirror, {size: tf_vars})."""
+    """A mirror holding both random GPT-2s; returns (mirror, {size: {TF name: array}})."""
     mirror = tmp_path_factory.mktemp("mirror")
-    tf_vars = {size: write_fake_gpt2(mirror, size, hp, seed=i) for i, (size, hp) in enumerate(SHAPES.items())}
+    tf_vars = {size: write_fake_gpt2(mirror, size, hparams, seed=i)
+               for i, (size, hparams) in enumerate(SHAPES.items())}
     return mirror, tf_vars
 
 
 @pytest.fixture
-def use_mirror(fake_mirror, monkeypatch):
+def tf_vars(fake_mirror, monkeypatch):
+    """Puts the fake mirror first in LLM_MIRROR; returns {size: {TF name: array}}."""
     mirror, tf_vars = fake_mirror
-    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(mirror), os.environ.get("LLM_MIRROR", "")]))
+    bases = [str(mirror), os.environ.get("LLM_MIRROR", "")]
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join(bases))
     return tf_vars
-
-
-def hf_model_count(hparams):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    config = GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
-                        n_layer=hparams["n_layer"], n_head=hparams["n_head"])
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
 
 
 @pytest.mark.parametrize("size", list(REAL_HPARAMS))
 def test_configs_agree_with_openai_hparams(size):
-    full_name = next(name for name in GPT2_CONFIGS if size in name)
+    full_name = next(name for name in GPT2_CONFIGS if f"({size})" in name)
     cfg = gpt2_config(size)
     assert cfg == gpt2_config(full_name) == config_from_hparams(REAL_HPARAMS[size])
     assert (cfg["context_length"], cfg["vocab_size"], cfg["qkv_bias"]) == (1024, 50257, True)
     # Same parameter count as Hugging Face's GPT-2 of that size (both tie the output head).
     with torch.device("meta"):  # shapes only: no memory, no time
-        ours = count_parameters(GPTModel(cfg))
-    assert ours == hf_model_count(REAL_HPARAMS[size])
+        assert count_parameters(GPTModel(cfg)) == hf_parameter_count(REAL_HPARAMS[size])
 
 
 def test_unknown_config_name_lists_valid_ones():
@@ -68,7 +62,7 @@ def test_assign_checks_shape_and_copies():
     assert isinstance(param, torch.nn.Parameter) and param.requires_grad
     assert param.dtype == torch.float64 and param.device == left.device
     assert torch.equal(param, torch.arange(6, dtype=torch.float64).reshape(2, 3))
-    right[0, 0] = 100.0  # a copy: changing the checkpoint array leaves the model alone
+    right[0, 0] = 100.0  # a copy: changing the checkpoint's array leaves the model alone
     assert param[0, 0] == 0.0
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
         assign(left, right.T)
@@ -84,10 +78,11 @@ def test_block_count_and_architecture_are_checked():
             load_weights_into_gpt(GPTModel({**cfg, **change}), params)
 
 
-def test_every_parameter_is_assigned(use_mirror, tmp_path):
+def test_every_parameter_is_assigned(tf_vars, tmp_path):
     settings, params = download_and_load_gpt2("124M", tmp_path, progress=False)
     gpt = GPTModel(config_from_hparams(settings))
-    before = {name: (id(p), p.detach().clone()) for name, p in gpt.named_parameters(remove_duplicate=False)}
+    before = {name: (id(p), p.detach().clone())
+              for name, p in gpt.named_parameters(remove_duplicate=False)}
     load_weights_into_gpt(gpt, params)
     after = dict(gpt.named_parameters(remove_duplicate=False))
     assert after.keys() == before.keys()
@@ -99,18 +94,19 @@ def test_every_parameter_is_assigned(use_mirror, tmp_path):
 
 
 @pytest.mark.parametrize("size", list(SHAPES))
-def test_logits_and_greedy_text_match_hugging_face(use_mirror, tmp_path, size):
+def test_logits_and_greedy_text_match_hugging_face(tf_vars, tmp_path, size):
     hparams = SHAPES[size]
     settings, params = download_and_load_gpt2(size, tmp_path, progress=False)
     assert settings == hparams
     gpt = GPTModel(config_from_hparams(settings)).eval()
     load_weights_into_gpt(gpt, params)
-    hf = hf_gpt2_from_tf_variables(use_mirror[size], hparams)
+    hf = hf_gpt2_from_tf_variables(tf_vars[size], hparams)
 
-    idx = torch.randint(0, hparams["n_vocab"], (2, hparams["n_ctx"]), generator=torch.Generator().manual_seed(0))
+    rng = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, hparams["n_vocab"], (2, hparams["n_ctx"]), generator=rng)
     with torch.no_grad():
         ours, theirs = gpt(idx), hf(idx).logits
-    assert theirs.std() > 0.5  # the random model is far from uniform, so the comparison means something
+    assert theirs.std() > 0.5  # far from uniform, so equal logits mean something
     assert (ours - theirs).abs().max() <= 1e-4
 
     prompt, new = idx[:, :8], 16
@@ -122,8 +118,7 @@ def test_logits_and_greedy_text_match_hugging_face(use_mirror, tmp_path, size):
 
     # The check can fail: swapping one LayerNorm's scale and shift changes the logits.
     ln = params["blocks"][0]["ln_1"]
-    swapped = {**params, "blocks": [{**params["blocks"][0], "ln_1": {"g": ln["b"], "b": ln["g"]}},
-                                    *params["blocks"][1:]]}
-    load_weights_into_gpt(gpt, swapped)
+    block0 = {**params["blocks"][0], "ln_1": {"g": ln["b"], "b": ln["g"]}}
+    load_weights_into_gpt(gpt, {**params, "blocks": [block0, *params["blocks"][1:]]})
     with torch.no_grad():
         assert (gpt(idx) - theirs).abs().max() > 1e-2

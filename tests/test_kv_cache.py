@@ -29,11 +29,17 @@ def tiny_model(switches, seed=0):
     return model.eval()
 
 
+def fixed_prompt(length, batch_size=2):
+    """Random token ids that do not depend on which tests ran before."""
+    return torch.randint(0, TINY["vocab_size"], (batch_size, length),
+                         generator=torch.Generator().manual_seed(1))
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_greedy_cached_equals_uncached_past_the_context(name):
-    """Context 16, prompt 5, 40 new tokens: the window slides 29 times and the tokens still agree."""
+    """Context 16, prompt 5, 40 new tokens: the window slides 28 times; the tokens still agree."""
     model = tiny_model(CONFIGS[name])
-    prompt = torch.randint(0, TINY["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(1))
+    prompt = fixed_prompt(length=5)
     uncached = generate(model, prompt, 40, context_size=16, use_cache=False)
     cached = generate(model, prompt, 40, context_size=16, use_cache=True)
     assert cached.shape == (2, 45)
@@ -41,10 +47,11 @@ def test_greedy_cached_equals_uncached_past_the_context(name):
     assert len(set(uncached[:, 5:].flatten().tolist())) > 4  # varied text, not one token repeated
 
 
-@pytest.mark.parametrize("name", ["learned-layernorm", "rope-rmsnorm"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_sampled_cached_equals_uncached_with_the_same_seed(name):
+    """Same logits, same random draws: temperature and top-k sampling agree with and without cache."""
     model = tiny_model(CONFIGS[name])
-    prompt = torch.randint(0, TINY["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(1))
+    prompt = fixed_prompt(length=3)
     runs = []
     for use_cache in (False, True):
         torch.manual_seed(42)
@@ -100,7 +107,7 @@ def padded_vocab_model(pos_encoding):
 @pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_padded_vocabulary_ids_are_never_generated(pos_encoding, use_cache):
-    """Even when ids >= 50257 have the highest logits, generate returns only ids a tokenizer knows."""
+    """Even when ids >= 50257 have the top logits, generate returns only ids a tokenizer knows."""
     model = padded_vocab_model(pos_encoding)
     prompt = torch.randint(0, GPT2_VOCAB_SIZE, (2, 4))
     with torch.no_grad():

@@ -29,7 +29,7 @@ def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
 # -- parameter counts -----------------------------------------------------------------------------
 
 def test_124m_parameter_count():
-    """163,009,536 parameters with a separate output head; 124,412,160 with the head counted once."""
+    """163,009,536 parameters with a separate output head; 124,412,160 counting the head once."""
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = GPTModel(GPT_CONFIG_124M)
         tied = GPTModel(dict(GPT_CONFIG_124M, tie_weights=True))
@@ -94,9 +94,11 @@ def reference_forward(model, idx):
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
     def rope(x):  # x: (B, H, T, hd); feature i pairs with feature i + hd/2
-        theta = cfg.get("rope_theta", 10000.0) ** (-torch.arange(hd // 2, dtype=torch.float64) * 2 / hd)
-        angle = torch.arange(T, dtype=torch.float64)[:, None] * theta  # (T, hd/2)
-        z = torch.complex(x[..., :hd // 2], x[..., hd // 2:]) * torch.polar(torch.ones_like(angle), angle)
+        i = torch.arange(hd // 2, dtype=torch.float64)
+        inv_freq = cfg.get("rope_theta", 10000.0) ** (-2 * i / hd)
+        angle = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq  # (T, hd/2)
+        z = torch.complex(x[..., :hd // 2], x[..., hd // 2:])  # (B, H, T, hd/2)
+        z = z * torch.polar(torch.ones_like(angle), angle)      # rotate pair i by angle[t, i]
         return torch.cat((z.real, z.imag), dim=-1)
 
     x = W["tok_emb.weight"][idx]  # (B, T, C)

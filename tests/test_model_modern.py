@@ -28,7 +28,7 @@ def randomize_(model, seed=0):
 
 @pytest.mark.parametrize("theta, start_pos", [(10000.0, 0), (10000.0, 5), (500000.0, 3)])
 def test_rope_matches_huggingface_llama(theta, start_pos):
-    """Our rotation equals transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb on random q, k."""
+    """Our rotation equals HF LlamaRotaryEmbedding + apply_rotary_pos_emb on random q, k."""
     llama = pytest.importorskip("transformers.models.llama.modeling_llama")
     from transformers import LlamaConfig
 
@@ -93,7 +93,7 @@ def test_rmsnorm_config_uses_rmsnorm_eps_1e6():
 # -- the defaults are GPT-2 -----------------------------------------------------------------------
 
 def test_defaults_equal_explicit_gpt2_switches():
-    """No switches == norm="layernorm", pos_encoding="learned": same keys, same init, same logits."""
+    """No switches == norm="layernorm", pos_encoding="learned": same keys, init and logits."""
     torch.manual_seed(0)
     default = GPTModel(TINY).eval()
     torch.manual_seed(0)
@@ -118,7 +118,8 @@ def copy_into_hf_gpt2(model, hf):
             att = block.att
             h.attn.c_attn.weight.copy_(torch.cat(
                 [att.W_query.weight, att.W_key.weight, att.W_value.weight], dim=0).T)
-            h.attn.c_attn.bias.copy_(torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias]))
+            h.attn.c_attn.bias.copy_(
+                torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias]))
             h.attn.c_proj.weight.copy_(att.out_proj.weight.T)
             h.attn.c_proj.bias.copy_(att.out_proj.bias)
             h.mlp.c_fc.weight.copy_(block.ff.layers[0].weight.T)

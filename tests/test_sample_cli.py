@@ -54,13 +54,15 @@ def test_greedy_text_matches_hugging_face(fake, tokenizer):
 
 def test_seeded_sampling_follows_temperature_and_top_k(fake, tokenizer):
     _, models, _ = fake
-    out = sample(fake, "--max-new-tokens", "30", "--temperature", "1.5", "--top-k", "50", "--seed", "123")
+    out = sample(fake, "--max-new-tokens", "30", "--temperature", "1.5", "--top-k", "50",
+                 "--seed", "123")
     model, _ = load_pretrained_gpt2("124M", models, progress=False)
     prompt = text_to_token_ids(PROMPT, tokenizer)
     texts = {}
     for seed in (123, 124):
         torch.manual_seed(seed)
-        ids = generate(model, prompt, 30, HPARAMS["n_ctx"], temperature=1.5, top_k=50, use_cache=True)
+        ids = generate(model, prompt, 30, HPARAMS["n_ctx"], temperature=1.5, top_k=50,
+                       use_cache=True)
         texts[seed] = tokenizer.decode(ids[0].tolist()) + "\n"
     assert out == texts[123] != texts[124]
 
@@ -82,7 +84,8 @@ def test_tokens_are_printed_as_they_are_generated(fake, monkeypatch):
     assert kwargs["eos_id"] == EOT_ID and kwargs["temperature"] == 0 and kwargs["top_k"] is None
     # Before each new token is produced, the text of all earlier ones is already out.
     assert len(seen) == 6 and seen[0] == PROMPT and len(seen[-1]) > len(PROMPT)
-    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:] + [stdout.getvalue()]))
+    printed = [*seen, stdout.getvalue()]
+    assert all(later.startswith(earlier) for earlier, later in zip(printed, printed[1:]))
 
 
 def test_decode_stream_holds_back_split_characters(tokenizer):
@@ -108,7 +111,8 @@ def test_decode_stream_holds_back_split_characters(tokenizer):
     (["--gpt2", "2B"], "invalid choice"),
 ])
 def test_bad_arguments_fail_before_loading(args, message, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(shared.sample, "load_pretrained_gpt2", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(shared.sample, "load_pretrained_gpt2",
+                        lambda *args, **kwargs: pytest.fail("loaded the model"))
     with pytest.raises(SystemExit) as exit_:
         main(["--models-dir", str(tmp_path), *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

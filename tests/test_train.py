@@ -38,7 +38,8 @@ def test_calc_loss_batch_is_mean_cross_entropy(loaders):
     with torch.no_grad():
         log_probs = torch.log_softmax(model(x), dim=-1)  # (B, T, V)
         expected = -log_probs.gather(-1, y.unsqueeze(-1)).mean()
-        assert calc_loss_batch(x, y, model, "cpu").item() == pytest.approx(expected.item(), rel=1e-6)
+        loss = calc_loss_batch(x, y, model, "cpu")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_calc_loss_loader_averages_the_first_batches(loaders):
@@ -48,11 +49,11 @@ def test_calc_loss_loader_averages_the_first_batches(loaders):
     val_loader = loaders[1]
     with torch.no_grad():
         losses = [calc_loss_batch(x, y, model, "cpu").item() for x, y in val_loader]
+        mean = sum(losses) / len(losses)
         assert len(losses) > 1
         assert calc_loss_loader(val_loader, model, "cpu", num_batches=1) == pytest.approx(losses[0])
-        assert calc_loss_loader(val_loader, model, "cpu") == pytest.approx(sum(losses) / len(losses))
-        assert calc_loss_loader(val_loader, model, "cpu", num_batches=99) == \
-            pytest.approx(sum(losses) / len(losses))
+        assert calc_loss_loader(val_loader, model, "cpu") == pytest.approx(mean)
+        assert calc_loss_loader(val_loader, model, "cpu", num_batches=99) == pytest.approx(mean)
 
 
 def test_calc_loss_loader_on_empty_loader_raises():
@@ -60,6 +61,12 @@ def test_calc_loss_loader_on_empty_loader_raises():
     empty = torch.utils.data.DataLoader([], batch_size=2)
     with pytest.raises(ValueError, match="no batches"):
         calc_loss_loader(empty, GPTModel(TINY), "cpu")
+
+
+def test_calc_loss_loader_rejects_zero_batches(loaders):
+    """num_batches=0 (say eval_iter=0) would divide by zero: a ValueError instead."""
+    with pytest.raises(ValueError, match="num_batches"):
+        calc_loss_loader(loaders[1], GPTModel(TINY), "cpu", num_batches=0)
 
 
 def test_evaluate_model_restores_training_mode(loaders):
@@ -89,12 +96,13 @@ def test_training_lowers_the_loss_and_reports_each_evaluation(loaders, tokenizer
 
     total_steps = num_epochs * len(train_loader)  # 8
     evaluated_steps = [s for s in range(total_steps) if s % eval_freq == 0]  # 0, 3, 6
-    assert len(train_losses) == len(val_losses) == len(tokens_seen) == math.ceil(total_steps / eval_freq)
+    num_evals = math.ceil(total_steps / eval_freq)
+    assert len(train_losses) == len(val_losses) == len(tokens_seen) == num_evals
     assert tokens_seen == [(s + 1) * BATCH * CONTEXT for s in evaluated_steps]  # 64, 256, 448
 
     out = capsys.readouterr().out
-    lines = re.findall(r"^Ep (\d) \(Step (\d{6})\): Train loss (\d+\.\d{3}), Val loss (\d+\.\d{3})$",
-                       out, flags=re.MULTILINE)
+    line = r"^Ep (\d) \(Step (\d{6})\): Train loss (\d+\.\d{3}), Val loss (\d+\.\d{3})$"
+    lines = re.findall(line, out, flags=re.MULTILINE)
     assert [(int(ep), int(step)) for ep, step, _, _ in lines] == [(1, 0), (1, 3), (2, 6)]
     assert [float(t) for _, _, t, _ in lines] == [round(x, 3) for x in train_losses]
     assert [float(v) for _, _, _, v in lines] == [round(x, 3) for x in val_losses]
