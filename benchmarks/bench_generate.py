@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               setup, spread, targets_markdown, time_alternating)
+                               setup, shape_name, spread, targets_markdown, time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.generate import generate
 from shared.model import GPT_CONFIG_124M, GPTModel
@@ -27,6 +27,7 @@ from shared.model import GPT_CONFIG_124M, GPTModel
 CACHE_TARGET = 10.0  # KV cache / no cache, tokens per second
 HF_TARGET = 1.2      # KV cache / HF generate
 NO_CACHE, CACHE, HF = "ours, no cache", "ours, KV cache", "HF GPT2LMHeadModel.generate"
+FLOOR = "floor: every weight matrix read once per token"
 
 
 def parse_args(argv=None):
@@ -57,6 +58,26 @@ def hf_generate(hf, idx, new_tokens):
     return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, use_cache=True,
                        pad_token_id=hf.config.eos_token_id)
+
+
+def weight_streaming(model: GPTModel, new_tokens: int):
+    """What one decoding step cannot avoid at batch 1: reading every weight matrix once.
+
+    Each step multiplies one vector by every nn.Linear of the model (the 124M shape: ~500 MB of
+    fp32 weights, far more than any CPU cache), so its time is set by memory bandwidth. Timing
+    exactly those matrix-vector products, and nothing else, gives the fastest any implementation
+    of these weights can decode on this machine.
+    """
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    device = model.out_head.weight.device
+    inputs = {m.in_features: torch.randn(1, 1, m.in_features, device=device) for m in linears}
+
+    @torch.no_grad()
+    def run():
+        for _ in range(new_tokens):
+            for m in linears:
+                m(inputs[m.in_features])
+    return run
 
 
 def first_disagreement(a: torch.Tensor, b: torch.Tensor) -> int | None:
@@ -90,6 +111,7 @@ def run(args) -> Report:
         NO_CACHE: run_variant(NO_CACHE, lambda: generate(model, idx, n, ctx, use_cache=False)),
         CACHE: run_variant(CACHE, lambda: generate(model, idx, n, ctx, use_cache=True)),
         HF: run_variant(HF, lambda: hf_generate(hf, idx, n)),
+        FLOOR: weight_streaming(model, n),
     }
     # Warm-up: a short generation each (allocations, kernel selection), not the full length.
     for name, fn in [(NO_CACHE, lambda: generate(model, idx, 8, ctx)),
@@ -97,7 +119,8 @@ def run(args) -> Report:
                      (HF, lambda: hf_generate(hf, idx, 8))]:
         with torch.no_grad():
             fn()
-    repeats = {NO_CACHE: args.no_cache_repeats, CACHE: args.repeats, HF: args.repeats}
+    repeats = {NO_CACHE: args.no_cache_repeats, CACHE: args.repeats, HF: args.repeats,
+               FLOOR: args.repeats}
     progress(f"bench_generate: {n} new tokens after a {idx.size(1)}-token prompt; "
              f"runs: {repeats}")
     times = time_alternating(variants, repeats, 0, device,
@@ -112,11 +135,15 @@ def run(args) -> Report:
         if where is not None and where < idx.size(1) + min(args.check_tokens, n):
             raise AssertionError(f"{name} and {CACHE} disagree at new token {where - idx.size(1)}")
     agree[CACHE] = "(reference)"
+    agree[FLOOR] = "-"
 
     rate = {name: n / median(t) for name, t in times.items()}
-    rows = [[name, len(t), fmt_num(median(t)), spread(t), fmt_num(rate[name]),
-             f"{rate[name] / rate[NO_CACHE]:.2f}x", f"{rate[name] / rate[HF]:.2f}x", agree[name]]
-            for name, t in times.items()]
+    weight_mb = sum(p.numel() * p.element_size() for m in model.modules()
+                    if isinstance(m, torch.nn.Linear) for p in m.parameters()) / 1e6
+    rows = [[name, len(times[name]), fmt_num(median(times[name])), spread(times[name]),
+             fmt_num(rate[name]), f"{rate[name] / rate[NO_CACHE]:.2f}x",
+             f"{rate[name] / rate[HF]:.2f}x", f"{100 * rate[name] / rate[FLOOR]:.0f}%", agree[name]]
+            for name in (NO_CACHE, CACHE, HF, FLOOR)]
     targets = [Target(f"generation tokens/s: KV cache / no cache, {n} new tokens",
                       rate[CACHE] / rate[NO_CACHE], CACHE_TARGET),
                Target("generation tokens/s: KV cache / HF GPT2LMHeadModel.generate",
@@ -127,10 +154,15 @@ def run(args) -> Report:
              f"each, then timed runs alternated; tokens/s = new tokens / median seconds",
              f"agree: how many new tokens match the KV-cache output (the run fails if fewer than "
              f"{min(args.check_tokens, n)})",
+             f"floor: {n} x one matrix-vector product with every nn.Linear of the model "
+             f"({weight_mb:.0f} MB of fp32 weights) and nothing else: the part of decoding no "
+             f"implementation of these weights can skip; at the 124M shape (more than any CPU "
+             f"cache holds) memory bandwidth sets its speed. of floor: tokens/s as a share of "
+             f"the floor's",
              f"machine: {machine(device)}"]
-    return Report("Greedy generation (124M shape)",
+    return Report(f"Greedy generation, {shape_name(cfg)}",
                   ["method", "runs", "seconds (median)", "seconds (min-max)", "tokens/s",
-                   "ratio vs no cache", "ratio vs HF", "agree"], rows, notes, targets)
+                   "ratio vs no cache", "ratio vs HF", "of floor", "agree"], rows, notes, targets)
 
 
 def main(argv=None):

@@ -4,12 +4,13 @@ One training step = zero_grad, forward, cross-entropy, backward, AdamW step, on 
 Every model gets the same batch, the same optimizer settings, the same dropout and the same number
 of threads, and the variants are timed alternately in one process (see benchmarks/common.py).
 
-    python -m benchmarks.bench_train                      # 124M shape, CPU, a minute or two
+    python -m benchmarks.bench_train                      # 124M shape, CPU: a few minutes
     python -m benchmarks.bench_train --device cuda --batch-size 16 --seq-len 1024
 
-On CUDA it adds bf16 autocast and torch.compile variants, and every row gets its MFU: the model
-FLOPs per second, 6N + 12*L*H*Q*T per token (PaLM, appendix B), over the measured peak of a large
-bf16 matmul on the same device. On CPU the peak is that of an fp32 matmul.
+On CUDA it adds bf16 autocast and torch.compile rows (--all-modes does so on CPU too, slowly, to
+try the code path). Every row gets its MFU: model FLOPs per second, 6N + 12*L*H*Q*T per token
+(PaLM, appendix B), over the measured peak of a large matmul on the same device, bf16 on CUDA,
+fp32 on CPU.
 """
 import argparse
 import functools
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               setup, spread, targets_markdown, time_alternating)
+                               setup, shape_name, spread, targets_markdown, time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
 
@@ -40,7 +41,10 @@ def parse_args(argv=None):
     p.add_argument("--num-layers", type=int, default=GPT_CONFIG_124M["num_layers"])
     p.add_argument("--num-heads", type=int, default=GPT_CONFIG_124M["num_heads"])
     p.add_argument("--vocab-size", type=int, default=GPT_CONFIG_124M["vocab_size"])
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--all-modes", action="store_true",
+                   help="bf16 autocast and torch.compile rows on CPU as well (they are on by "
+                        "default on CUDA only)")
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 5
@@ -58,8 +62,10 @@ def gpt2_config(args) -> dict:
 def matmul_params(model: GPTModel) -> int:
     """N in 6N: weights that take part in a matmul. Embedding lookups cost no FLOPs, but the
     output head does, whether or not it shares its matrix with the token embedding."""
-    lookups = {id(model.tok_emb.weight)} | ({id(model.pos_emb.weight)} if model.pos_emb else set())
-    n = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+    skip = {id(model.tok_emb.weight), id(model.out_head.weight)}
+    if model.pos_emb is not None:
+        skip.add(id(model.pos_emb.weight))
+    n = sum(p.numel() for p in model.parameters() if id(p) not in skip)
     return n + model.out_head.weight.numel()
 
 
@@ -130,7 +136,7 @@ def build_variants(args, device):
               ("ours: RoPE + RMSNorm, tied head", modern, modern, modern),
               (HF, hf, functools.partial(hf_forward, hf), ours)]
     variants = [Variant(name, "fp32", m, fwd, None, shape) for name, m, fwd, shape in models]
-    if device.type == "cuda":
+    if device.type == "cuda" or args.all_modes:
         compared = [models[0], models[2], models[3]]
         variants += [Variant(name, "bf16 autocast", m, fwd, torch.bfloat16, shape)
                      for name, m, fwd, shape in compared]
@@ -169,7 +175,8 @@ def run(args) -> Report:
         v.model.train()
         steps[(v.name, v.mode)] = make_step(v.forward, opt, x, y, device, v.autocast)
 
-    warmup = args.warmup + (2 if device.type == "cuda" and not args.no_compile else 0)
+    compiled = any("compile" in v.mode for v in variants)
+    warmup = args.warmup + (2 if compiled else 0)  # the first compiled steps compile
     progress(f"bench_train: {len(steps)} variants, batch {B} x {T} tokens, "
              f"{warmup} warm-up + {args.repeats} timed steps each")
     times = time_alternating(steps, args.repeats, warmup, device, on_result=lambda key, s: progress(
@@ -199,7 +206,7 @@ def run(args) -> Report:
         f"N = weights in matmuls (output head included), over a measured "
         f"{peak / 1e9:,.0f} GFLOP/s {str(peak_dtype).replace('torch.', '')} matmul peak",
         f"machine: {machine(device)}"]
-    return Report("Training step (forward + backward + AdamW)",
+    return Report(f"Training step (forward + backward + AdamW), {shape_name(gpt2_config(args))}",
                   ["model", "mode", "params", "step ms (median)", "step ms (min-max)", "tokens/s",
                    "ratio vs HF", "MFU"], rows, notes, targets)
 

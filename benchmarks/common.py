@@ -35,9 +35,18 @@ def setup(args) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} was asked for, but torch.cuda.is_available() is "
                          "False; run with --device cpu")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads or usable_cores())
     torch.manual_seed(args.seed)
     return device
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def synchronize(device: torch.device) -> None:
@@ -61,7 +70,8 @@ def machine(device: torch.device) -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = ", load average {:.1f} (1 min) at the end".format(os.getloadavg()[0])
-    return (f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads{load}")
+    threads = torch.get_num_threads()
+    return f"{where}; torch {torch.__version__}, {threads} thread{'s' if threads > 1 else ''}{load}"
 
 
 def rss_mb() -> float:
@@ -131,6 +141,14 @@ def progress(message: str) -> None:
 
 
 # ---------------------------------------------------------------- reporting
+
+def shape_name(cfg: dict) -> str:
+    """'124M shape' for GPT-2 small's dimensions, else the dimensions themselves."""
+    dims = (cfg["emb_dim"], cfg["num_layers"], cfg["num_heads"], cfg["vocab_size"])
+    if dims == (768, 12, 12, 50257):
+        return "124M shape"
+    return "{}-dim, {} layers, {} heads, vocab {}".format(*dims)
+
 
 @dataclass
 class Target:

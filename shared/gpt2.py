@@ -225,7 +225,7 @@ def download_gpt2_files(model_size: str, models_dir="gpt2", progress: bool = Tru
 
 
 def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = True):
-    """Download GPT-2 `model_size` ("124M", "355M", "774M" or "1558M"); return (settings, params)
+    """Download GPT-2 `model_size` ("124M", "355M", "774M", "1558M"); return (settings, params).
 
     The first call reads the TensorFlow checkpoint and caches its arrays in params.safetensors;
     later calls read only the cache. An unreadable cache is replaced, with a warning.

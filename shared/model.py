@@ -91,8 +91,9 @@ class KVCache:
 
     def __init__(self, num_layers, batch_size, num_heads, max_len, head_dim, device=None, dtype=None):
         shape = (num_layers, batch_size, num_heads, max_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # Uninitialised: only positions [0, length) are ever read, and each is written first.
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
 
@@ -252,7 +253,12 @@ class GPTModel(nn.Module):
             raise ValueError(f"{start_pos + T} positions exceed the context length "
                              f"{min(limit, self.context_length)}; crop the input to its last tokens")
 
-        x = self.tok_emb(idx)  # (B, T, C)
+        # A tied matrix already gets a dense (V, C) gradient from the head; the lookup's gradient
+        # touches only the B*T rows it read. Asking for that one sparse saves zero-filling a second
+        # (V, C) matrix and adding the two, every step; the gradient that reaches .grad is the same
+        # dense sum. (An untied embedding keeps a dense gradient: AdamW needs one.)
+        tied = self.out_head.weight is self.tok_emb.weight
+        x = F.embedding(idx, self.tok_emb.weight, sparse=tied)  # (B, T, C)
         if self.pos_emb is not None:
             positions = torch.arange(start_pos, start_pos + T, device=idx.device)
             x = x + self.pos_emb(positions)  # (T, C) broadcast over the batch

@@ -1,0 +1,83 @@
+"""benchmarks/: the comparison with Hugging Face is fair (same weights, same outputs), the timing
+helper alternates as it says, and `python -m benchmarks --size tiny` prints every table and ratio.
+
+No speed is asserted here: speed goals live in the benchmark's own targets table.
+"""
+import re
+
+import pytest
+import torch
+
+from benchmarks import __main__ as runner
+from benchmarks.common import Target, markdown_table, time_alternating
+from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
+from shared.model import GPT_CONFIG_124M, GPTModel
+
+TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
+            num_layers=2, drop_rate=0.0, qkv_bias=True, tie_weights=True)
+
+
+def test_our_weights_in_hf_give_the_same_logits():
+    torch.manual_seed(0)
+    ours = GPTModel(TINY).eval()
+    hf = hf_gpt2(TINY).eval()
+    copy_weights_to_hf(ours, hf)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    with torch.no_grad():
+        expected = hf(input_ids=idx).logits
+        got = ours(idx)
+    assert expected.abs().max() > 0.1  # a real signal, not two zero tensors
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"qkv_bias": False}, {"tie_weights": False},
+                                    {"norm": "rmsnorm"}, {"pos_encoding": "rope"}])
+def test_only_gpt2_layouts_have_an_hf_twin(change):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has"):
+        check_gpt2_layout(dict(TINY, **change))
+
+
+def test_time_alternating_warms_up_then_rotates_and_honours_per_variant_repeats():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = time_alternating(variants, {"a": 3, "b": 3, "c": 1}, warmup=1,
+                             device=torch.device("cpu"))
+    assert calls[:3] == ["a", "b", "c"]                     # one warm-up call each
+    assert calls[3:] == ["a", "b", "c", "b", "a", "a", "b"]  # rounds rotate; c sits out later ones
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 1}
+    assert all(s >= 0 for v in times.values() for s in v)
+
+
+def test_markdown_table_and_targets():
+    table = markdown_table(["x", "ratio"], [["ours", "1.20x"], ["HF", "1.00x"]]).splitlines()
+    assert table[0] == "| x    | ratio |"
+    assert table[1] == "|------|-------|"
+    assert table[2] == "| ours | 1.20x |"
+    assert Target("t", 1.2, 1.15).met and not Target("t", 1.1, 1.15).met
+    assert Target("rss", 6.0, 100.0, higher_is_better=False).met
+    assert not Target("rss", 300.0, 100.0, higher_is_better=False).met
+
+
+def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
+    targets = runner.main(["--size", "tiny", "--threads", "1"])  # each benchmark in its own process
+    out = capsys.readouterr().out
+
+    for header in ["### Training step", "### Greedy generation", "### Data: preparation",
+                   "### Targets"]:
+        assert header in out
+    for column in ["ratio vs HF", "MFU", "ratio vs no cache", "of floor", "ratio vs 1 process",
+                   "RSS growth MB"]:
+        assert f" {column} " in out
+    ratio = r"\d+\.\d\dx"
+    for row in ["ours: GPT-2, tied head", "ours: GPT-2, untied head",
+                "ours: RoPE \\+ RMSNorm, tied head", "HF GPT2LMHeadModel \\(sdpa\\), tied head"]:
+        assert re.search(rf"\| {row} +\| fp32 .*\| {ratio} +\| [\d.]+% +\|", out), row
+    assert re.search(rf"\| HF GPT2LMHeadModel \(sdpa\), tied head .*\| 1\.00x +\|", out)
+    for row in ["ours, no cache", "ours, KV cache", "HF GPT2LMHeadModel.generate"]:
+        assert re.search(rf"\| {row} .*\| {ratio} +\| {ratio} +\| \d+% +\| (all|\(reference\))",
+                         out), row
+    assert re.search(rf"\| prepare_tinystories, num_proc=2 .*\| {ratio} +\|", out)
+    assert re.search(r"\| get_batch from load_tokens \(memmap\).*\| \d+ -> \d+ +\| [+-]\d+ +\|", out)
+    # every target has a measured value and a verdict, and the runner returns them all
+    assert len(targets) == 5
+    assert len(re.findall(r"\| (yes|\*\*no\*\*) +\|", out)) == 5
