@@ -9,13 +9,13 @@ Each benchmark also runs on its own, with every knob as a flag:
 python -m benchmarks.bench_train --help (and bench_generate, bench_data).
 """
 import argparse
-import importlib
 import multiprocessing
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
-from benchmarks.common import progress, targets_markdown
+from benchmarks.common import progress, run_benchmark, targets_markdown
 
 BENCHMARKS = ["train", "generate", "data"]
 
@@ -47,21 +47,18 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for every benchmark (default: all cores)")
     p.add_argument("--out", help="also write the markdown report to this file")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the benchmarks in this process instead of a fresh one each (starts "
+                        "faster; bench_data's memory numbers then include what the others left)")
     return p.parse_args(argv)
-
-
-def run_benchmark(name: str, bench_argv: list):
-    """benchmarks.bench_<name>.run(...) in this process; returns its Report."""
-    module = importlib.import_module(f"benchmarks.bench_{name}")
-    return module.run(module.parse_args(bench_argv))
 
 
 def run_in_fresh_process(name: str, bench_argv: list):
     """Each benchmark gets a process of its own: memory the previous one freed (and kept in the
     allocator's heap) would otherwise hide the resident-memory growth bench_data measures, and
     thread pools or caches could carry over from one benchmark to the next."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_benchmark, (name, bench_argv))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_benchmark, name, bench_argv).result()
 
 
 def main(argv=None):
@@ -74,7 +71,8 @@ def main(argv=None):
         bench_argv = shlex.split(SIZES[args.size][name]) + common
         progress(f"== {name}: python -m benchmarks.bench_{name} {' '.join(bench_argv)}")
         start = time.perf_counter()
-        report = run_in_fresh_process(name, bench_argv)
+        run = run_benchmark if args.in_process else run_in_fresh_process
+        report = run(name, bench_argv)
         report.notes.append(f"{time.perf_counter() - start:.0f} s for this benchmark; "
                             f"`python -m benchmarks.bench_{name} {' '.join(bench_argv)}`")
         sections.append(report.markdown())

@@ -80,6 +80,13 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
+def run_benchmark(name: str, argv: list):
+    """benchmarks.bench_<name>.run(parse_args(argv)) -> its Report (what the runner calls)."""
+    import importlib
+    module = importlib.import_module(f"benchmarks.bench_{name}")
+    return module.run(module.parse_args(argv))
+
+
 # ---------------------------------------------------------------- timing
 
 def time_once(fn, device: torch.device) -> float:

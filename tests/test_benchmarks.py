@@ -59,7 +59,7 @@ def test_markdown_table_and_targets():
 
 
 def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
-    targets = runner.main(["--size", "tiny", "--threads", "1"])  # each benchmark in its own process
+    targets = runner.main(["--size", "tiny", "--threads", "1", "--in-process"])
     out = capsys.readouterr().out
 
     for header in ["### Training step", "### Greedy generation", "### Data: preparation",
@@ -81,3 +81,12 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     # every target has a measured value and a verdict, and the runner returns them all
     assert len(targets) == 5
     assert len(re.findall(r"\| (yes|\*\*no\*\*) +\|", out)) == 5
+
+
+def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys):
+    # The default: bench_data's resident-memory numbers must not include what another
+    # benchmark left in this process's heap.
+    (target_prep, target_rss) = runner.main(["--size", "tiny", "--threads", "1", "--only", "data"])
+    out = capsys.readouterr().out
+    assert "### Data: preparation" in out and "### Training step" not in out
+    assert target_prep.value > 0 and target_rss.value < 100

@@ -70,6 +70,7 @@ def test_runs_top_to_bottom(tmp_path, monkeypatch, gpt2_124m_mirror, tokenizer, 
     bases = [str(gpt2_124m_mirror), os.environ["LLM_MIRROR"]]
     monkeypatch.setenv("LLM_MIRROR", os.pathsep.join(bases))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: threads only wait on each other
     params = {**SMALL, "data_dir": str(tmp_path / "data"), "models_dir": str(tmp_path / "gpt2"),
               "loss_plot_path": str(tmp_path / "loss.png")}
     text = cell_text(run_notebook(NOTEBOOK, params, tmp_path))
