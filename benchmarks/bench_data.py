@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               rss_mb, setup, spread, targets_markdown, time_alternating)
+                               rss_mb, setup, spread, print_report, time_alternating)
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 PREP_TARGET = 1.7      # 2 processes / 1 process, tokens per second
@@ -136,7 +136,7 @@ def bench_batches(args, workdir: Path, device):
     times = time_alternating({"memmap": draw}, args.repeats, 0, device,
                              on_result=lambda _, s: progress(f"  memmap batches: {s:.2f} s"))["memmap"]
     rss_after = rss_mb()
-    del data
+    data = None  # drop the memmap before measuring what is left
     gc.collect()
 
     # For contrast: read the whole file into RAM first.
@@ -186,11 +186,7 @@ def run(args) -> Report:
 
 
 def main(argv=None):
-    report = run(parse_args(argv))
-    print(report.markdown())
-    print()
-    print(targets_markdown(report.targets))
-    return report
+    return print_report(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               setup, shape_name, spread, targets_markdown, time_alternating)
+                               print_report, setup, shape_name, spread, time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.generate import generate
 from shared.model import GPT_CONFIG_124M, GPTModel
@@ -166,11 +166,7 @@ def run(args) -> Report:
 
 
 def main(argv=None):
-    report = run(parse_args(argv))
-    print(report.markdown())
-    print()
-    print(targets_markdown(report.targets))
-    return report
+    return print_report(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

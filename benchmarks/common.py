@@ -208,3 +208,11 @@ def targets_markdown(targets) -> str:
     return markdown_table(["target", "measured", "goal", "met"], [t.row() for t in targets])
 
 
+
+
+def print_report(report: Report) -> Report:
+    """What `python -m benchmarks.bench_<name>` prints: its table, notes and targets."""
+    print(report.markdown())
+    print()
+    print(targets_markdown(report.targets))
+    return report

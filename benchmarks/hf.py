@@ -9,7 +9,8 @@ def hf_gpt2(cfg: dict, attn_implementation: str = "sdpa"):
     """A randomly initialised transformers.GPT2LMHeadModel with the shape of our config.
 
     GPT-2's own layout: biases on the query/key/value projections, learned positions, LayerNorm,
-    tanh-GELU, and an output head tied to the token embedding.
+    tanh-GELU. The output head is tied to the token embedding when cfg["tie_weights"] is (as in
+    GPT-2), a separate matrix otherwise.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -19,7 +20,7 @@ def hf_gpt2(cfg: dict, attn_implementation: str = "sdpa"):
         vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
         n_layer=cfg["num_layers"], n_head=cfg["num_heads"], resid_pdrop=cfg["drop_rate"],
         embd_pdrop=cfg["drop_rate"], attn_pdrop=cfg["drop_rate"], layer_norm_epsilon=1e-5,
-        activation_function="gelu_new", tie_word_embeddings=True,
+        activation_function="gelu_new", tie_word_embeddings=cfg.get("tie_weights", False),
         bos_token_id=end_of_text, eos_token_id=end_of_text,
         attn_implementation=attn_implementation)
     return GPT2LMHeadModel(config)
@@ -28,12 +29,12 @@ def hf_gpt2(cfg: dict, attn_implementation: str = "sdpa"):
 def check_gpt2_layout(cfg: dict) -> None:
     """Only a GPT-2-shaped GPTModel has a Hugging Face twin."""
     wrong = {key: cfg.get(key, default) for key, default, want in [
-        ("qkv_bias", False, True), ("tie_weights", False, True),
-        ("norm", "layernorm", "layernorm"), ("pos_encoding", "learned", "learned")]
+        ("qkv_bias", False, True), ("norm", "layernorm", "layernorm"),
+        ("pos_encoding", "learned", "learned")]
         if cfg.get(key, default) != want}
     if wrong:
-        raise ValueError(f"GPT2LMHeadModel has qkv_bias=True, tie_weights=True, layernorm and "
-                         f"learned positions; this config has {wrong}")
+        raise ValueError(f"GPT2LMHeadModel has qkv_bias=True, layernorm and learned positions; "
+                         f"this config has {wrong}")
 
 
 @torch.no_grad()
@@ -45,7 +46,12 @@ def copy_weights_to_hf(ours: GPTModel, hf) -> None:
     """
     check_gpt2_layout(ours.cfg)
     t = hf.transformer
-    t.wte.weight.copy_(ours.tok_emb.weight)  # lm_head is tied to it
+    tied = ours.out_head.weight is ours.tok_emb.weight
+    if tied != (hf.lm_head.weight is t.wte.weight):
+        raise ValueError("tie the output head in both models or in neither")
+    t.wte.weight.copy_(ours.tok_emb.weight)
+    if not tied:
+        hf.lm_head.weight.copy_(ours.out_head.weight)
     t.wpe.weight.copy_(ours.pos_emb.weight)
     for block, h in zip(ours.trf_blocks, t.h):
         att = block.att

@@ -38,3 +38,23 @@ def tinystories_sample():
     if not train.exists():
         pytest.skip("../shared/data/tinystories-sample-*.txt not found")
     return train, valid
+
+
+@pytest.fixture(scope="session")
+def initial_loss(verdict_text, tokenizer):
+    """initial_loss(cfg): cross-entropy of a freshly initialised GPTModel(cfg) (seed 123) on two
+    128-token windows of The Verdict."""
+    import torch
+    from shared.model import GPTModel
+
+    ids = torch.tensor(tokenizer.encode(verdict_text)[:2 * 128 + 1])
+    inputs, targets = ids[:-1].view(2, 128), ids[1:].view(2, 128)
+
+    def loss_of(cfg):
+        torch.manual_seed(123)
+        model = GPTModel(cfg).eval()
+        with torch.no_grad():
+            logits = model(inputs)  # (2, 128, vocab_size)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+
+    return loss_of

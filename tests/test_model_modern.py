@@ -107,47 +107,16 @@ def test_defaults_equal_explicit_gpt2_switches():
         assert torch.equal(default(idx), explicit(idx))
 
 
-def copy_into_hf_gpt2(model, hf):
-    """Our weights into GPT2LMHeadModel. HF's Conv1D stores (in, out): the transpose of nn.Linear;
-    its c_attn is query, key and value side by side."""
-    t = hf.transformer
-    with torch.no_grad():
-        t.wte.weight.copy_(model.tok_emb.weight)
-        t.wpe.weight.copy_(model.pos_emb.weight)
-        for block, h in zip(model.trf_blocks, t.h):
-            att = block.att
-            h.attn.c_attn.weight.copy_(torch.cat(
-                [att.W_query.weight, att.W_key.weight, att.W_value.weight], dim=0).T)
-            h.attn.c_attn.bias.copy_(
-                torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias]))
-            h.attn.c_proj.weight.copy_(att.out_proj.weight.T)
-            h.attn.c_proj.bias.copy_(att.out_proj.bias)
-            h.mlp.c_fc.weight.copy_(block.ff.layers[0].weight.T)
-            h.mlp.c_fc.bias.copy_(block.ff.layers[0].bias)
-            h.mlp.c_proj.weight.copy_(block.ff.layers[2].weight.T)
-            h.mlp.c_proj.bias.copy_(block.ff.layers[2].bias)
-            for ours, theirs in ((block.norm1, h.ln_1), (block.norm2, h.ln_2)):
-                theirs.weight.copy_(ours.weight)
-                theirs.bias.copy_(ours.bias)
-        t.ln_f.weight.copy_(model.final_norm.weight)
-        t.ln_f.bias.copy_(model.final_norm.bias)
-        hf.lm_head.weight.copy_(model.out_head.weight)
-
-
 def test_defaults_equal_huggingface_gpt2():
     """With default switches and qkv_bias=True, GPTModel is GPT-2: same logits as transformers'
     GPT2LMHeadModel on the same weights (random LayerNorms and biases, so swaps fail)."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from benchmarks.hf import copy_weights_to_hf, hf_gpt2
     torch.manual_seed(0)
     model = randomize_(GPTModel(TINY)).eval()
-    config = transformers.GPT2Config(
-        vocab_size=TINY["vocab_size"], n_positions=TINY["context_length"], n_embd=TINY["emb_dim"],
-        n_layer=TINY["num_layers"], n_head=TINY["num_heads"], activation_function="gelu_new",
-        layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    assert hf.lm_head.weight is not hf.transformer.wte.weight
-    copy_into_hf_gpt2(model, hf)
+    hf = hf_gpt2(TINY, attn_implementation="eager").eval()
+    assert hf.lm_head.weight is not hf.transformer.wte.weight  # untied, as TINY is
+    copy_weights_to_hf(model, hf)
 
     idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
     with torch.no_grad():
@@ -159,15 +128,9 @@ def test_defaults_equal_huggingface_gpt2():
 # -- initial loss of the modern model -------------------------------------------------------------
 
 @pytest.mark.parametrize("tie_weights", [False, True])
-def test_modern_model_initial_loss_is_ln_vocab(verdict_text, tokenizer, tie_weights):
+def test_modern_model_initial_loss_is_ln_vocab(initial_loss, tie_weights):
     """RoPE + RMSNorm with the padded vocabulary 50304 starts near ln(50304) = 10.83, not the
     seed's 143: the GPT-2 initialisation keeps the logits small."""
     cfg = dict(GPT_CONFIG_124M, vocab_size=50304, context_length=256, emb_dim=384, num_heads=6,
                num_layers=2, norm="rmsnorm", pos_encoding="rope", tie_weights=tie_weights)
-    ids = torch.tensor(tokenizer.encode(verdict_text)[:2 * 128 + 1])
-    inputs, targets = ids[:-1].view(2, 128), ids[1:].view(2, 128)
-    torch.manual_seed(123)
-    model = GPTModel(cfg).eval()
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-    assert abs(loss.item() - math.log(50304)) < 0.5
+    assert abs(initial_loss(cfg) - math.log(50304)) < 0.5

@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from shared.data import create_dataloader_v1
 from shared.model import GPT_CONFIG_124M, GPTModel

@@ -25,14 +25,6 @@ TINY = ["--emb-dim", "16", "--num-layers", "1", "--num-heads", "2", "--block-siz
         "--device", "cpu", "--no-progress", "--patience", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tinystories_sample, tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tinystories_bins")

@@ -18,15 +18,6 @@ from shared.trainer import (TrainConfig, clip_and_step, configure_optimizer, est
                             forward_backward, get_lr, train)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two fighting over a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def verdict_bins(verdict_text, tokenizer, tmp_path_factory):
     """train.bin (first 90%) and val.bin of The Verdict's dense ids; returns (train, val, vocab)."""
