@@ -3,7 +3,10 @@
 Preparation: shared.prepare_tinystories.prepare on a few MB of real TinyStories text (the sample
 in ../shared/data repeated until it is large enough), with 1 and with 2 tokeniser processes.
 Throughput counts the tokens written (train + val) per second of the whole run: reading the
-stories, tokenising, writing the .bin files.
+stories, tokenising, writing the .bin files. Two "tiktoken alone" rows give the ceiling: the
+same stories encoded by bare tiktoken in one process, and split over processes that are already
+running (no `datasets`, no pool start-up, no reading or writing), i.e. what extra cores give
+the tokeniser itself on this machine.
 
 Batches: shared.data.get_batch on a token file of a few hundred MB, with the process's resident
 memory (RSS) before and after. A memmap reads only the windows a batch needs, so RSS stays flat;
@@ -16,6 +19,7 @@ import argparse
 import contextlib
 import gc
 import io
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -38,7 +42,9 @@ def parse_args(argv=None):
     common_args(p)
     p.add_argument("--sample-dir", type=Path, default=SAMPLE_DIR,
                    help="folder with tinystories-sample-train.txt and tinystories-sample-valid.txt")
-    p.add_argument("--prep-mb", type=float, default=4.0, help="size of the training text to tokenise")
+    p.add_argument("--prep-mb", type=float, default=16.0,
+                   help="size of the training text to tokenise (prepare_tinystories uses one "
+                        "process per 2 MB at most, so below 4 MB num_proc=2 runs as 1)")
     p.add_argument("--num-proc", type=int, nargs="+", default=[1, 2],
                    help="tokeniser process counts to compare; the first is the baseline")
     p.add_argument("--memmap-mb", type=float, default=300.0, help="size of the token file")
@@ -104,12 +110,61 @@ def bench_prepare(args, workdir: Path, device):
     rows = [[f"prepare_tinystories, num_proc={n}", f"{train_txt.stat().st_size / 1e6:.1f} MB text",
              fmt_num(median(t)), spread(t), fmt_num(rate[n]), f"{rate[n] / rate[base]:.2f}x", "", ""]
             for n, t in times.items()]
+    progress("bench_data: tiktoken alone in 1 and 2 running processes (the ceiling)")
+    alone_tokens, alone_times = bench_tokenizer_alone(args, train_txt, device)
+    alone_rate = {n: alone_tokens / median(t) for n, t in alone_times.items()}
+    rows += [[f"tiktoken alone, {n} running process{'es' if n > 1 else ''}",
+              f"{train_txt.stat().st_size / 1e6:.1f} MB text", fmt_num(median(t)), spread(t),
+              fmt_num(alone_rate[n]), f"{alone_rate[n] / alone_rate[base]:.2f}x", "", ""]
+             for n, t in alone_times.items()]
     targets = [Target(f"preparation tokens/s: num_proc={n} / num_proc={base}", rate[n] / rate[base],
                       PREP_TARGET) for n in args.num_proc if n == 2 and base == 1]
     note = (f"preparation: {args.prep_mb:g} MB of TinyStories text (the sample repeated) + the "
             f"validation sample, {tokens[base]:,} tokens; tokens/s over the whole run (read, "
-            f"tokenise, write); median of {args.repeats} alternated runs after one warm-up each")
+            f"tokenise, write); median of {args.repeats} alternated runs after one warm-up each. "
+            f"tiktoken alone: the training text's stories, encode_ordinary one by one, split "
+            f"evenly over worker processes started and warmed up before the timing")
     return rows, targets, note
+
+
+# ---------------------------------------------------------------- the tokeniser's own scaling
+
+_STORIES = []  # each pool worker's copy of the stories, loaded by _load_stories before timing
+
+
+def _load_stories(path: str) -> None:
+    from shared.prepare_tinystories import iter_stories
+    from shared.tokenizer import get_tokenizer
+    _STORIES[:] = list(iter_stories(path))
+    get_tokenizer()
+
+
+def _encode_share(index: int, num_shares: int) -> int:
+    """Encode every num_shares-th story, starting at `index`; return the token count."""
+    from shared.tokenizer import get_tokenizer
+    enc = get_tokenizer()
+    return sum(len(enc.encode_ordinary(story)) + 1 for story in _STORIES[index::num_shares])
+
+
+def bench_tokenizer_alone(args, train_txt: Path, device):
+    """Seconds for bare tiktoken to encode the stories in n already running processes."""
+    pools = {}
+    try:
+        for n in args.num_proc:
+            pools[n] = multiprocessing.get_context("spawn").Pool(
+                n, initializer=_load_stories, initargs=(str(train_txt),))
+            pools[n].starmap(_encode_share, [(0, 1 << 30)] * 2 * n)  # started and loaded
+
+        def encode_with(n):
+            return lambda: sum(pools[n].starmap(_encode_share, [(i, n) for i in range(n)]))
+
+        tokens = encode_with(args.num_proc[0])()
+        times = time_alternating({n: encode_with(n) for n in args.num_proc}, args.repeats + 1, 0,
+                                 device)
+    finally:
+        for pool in pools.values():
+            pool.terminate()
+    return tokens, times
 
 
 # ---------------------------------------------------------------- batches

@@ -19,11 +19,18 @@ Stories are stripped of surrounding whitespace; empty ones are dropped. They are
 encode_ordinary, so a story that contains the text "<|endoftext|>" gets the ordinary tokens of
 that text and cannot inject a special token; the only 50256s are the ones written after stories.
 
+In parallel (--num-proc N): the parent cuts each text file into byte ranges of about 1 MB that end
+between stories; `datasets.map(num_proc=N)` hands the ranges to N worker processes, and each one
+reads, splits and encodes its own. Only seeking to the cut points and copying the finished ids
+into the .bin file stay in the parent, so nearly all of the work is shared out. A split too
+small to repay starting the workers (under ~2 MB a process) uses fewer.
+
 Crash safety and re-runs: a .bin appears under its final name only once it is complete, and
 meta.json (token counts, dtype, vocabulary, source files and sizes) is written last, atomically.
 A dataset without meta.json is unfinished. A re-run whose inputs match meta.json does nothing.
 """
 import argparse
+import io
 import json
 import os
 import shutil
@@ -42,7 +49,9 @@ HF_DATASET = "roneneldan/TinyStories"
 HF_SPLITS = {"train": "train", "val": "validation"}
 DTYPE = np.uint16          # every GPT-2 id (< 50257) fits, at half the size of int32
 FORMAT_VERSION = 1         # bump when the layout of the .bin files changes
-STORIES_PER_SHARD = 1024   # stories copied to the memmap per step of the writing loop
+CHUNK_BYTES = 1 << 20      # text per datasets row: each worker reads, splits and encodes its own
+STORIES_PER_ROW = 256      # stories per row for the hub dataset (one story per row there)
+BYTES_PER_PROCESS = 2 << 20  # a worker pool takes ~0.25 s to start: as long as encoding ~2 MB
 BLANK_LINES, EOT_LINES = "blank lines", "<|endoftext|> lines"
 
 
@@ -63,44 +72,106 @@ def story_separator(path) -> str:
 def iter_stories(path, separator=None):
     """Yield the stories of a text file one at a time (never the whole file in memory)."""
     separator = separator or story_separator(path)
+    with open(path, encoding="utf-8") as f:
+        yield from stories_in_lines(f, separator)
+
+
+def stories_in_lines(lines, separator):
+    """Yield the stories in an iterable of lines (newlines kept), split as `separator` says."""
     ends_story = ((lambda s: s == END_OF_TEXT) if separator == EOT_LINES
                   else (lambda s: s == ""))
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if ends_story(line.strip()):
-                story = "".join(lines).strip()
-                if story:
-                    yield story
-                lines = []
-            else:
-                lines.append(line)  # keep the newline: paragraphs stay paragraphs
-    story = "".join(lines).strip()
-    if story:
-        yield story
+    story = []
+    for line in lines:
+        if ends_story(line.strip()):
+            text = "".join(story).strip()
+            if text:
+                yield text
+            story = []
+        else:
+            story.append(line)  # keep the newline: paragraphs stay paragraphs
+    text = "".join(story).strip()
+    if text:
+        yield text
 
 
-def _story_rows(path, separator):
-    """Rows for Dataset.from_generator."""
-    for story in iter_stories(path, separator):
-        yield {"text": story}
+def chunk_ranges(path, separator, chunk_bytes=None) -> list:
+    """Byte ranges [(start, end), ...] that cover the file, each about `chunk_bytes` long and
+    ending just after a line that ends a story, so that no story is cut in two.
+
+    They are the rows that `datasets.map` hands to the workers: each worker reads its own
+    ranges, splits them into stories and encodes them. The parent process only seeks to the
+    boundaries, so reading and splitting the text run in parallel too, not just the BPE.
+    """
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    ends_story = ((lambda s: s == END_OF_TEXT.encode()) if separator == EOT_LINES
+                  else (lambda s: s == b""))
+    size = Path(path).stat().st_size
+    ranges, start = [], 0
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + chunk_bytes, size))
+            if f.tell() < size:
+                f.readline()  # to the end of the line we landed in
+                while (line := f.readline()) and not ends_story(line.strip()):
+                    pass  # to the end of the story
+            end = f.tell()
+            ranges.append((start, end))
+            start = end
+    return ranges
 
 
 # --- tokenising -------------------------------------------------------------------------------
 
-def tokenize_batch(batch):
-    """datasets.map function: each story's ids followed by one <|endoftext|>, as uint16."""
+def encode_stories(stories) -> np.ndarray:
+    """The ids of every story, each followed by one <|endoftext|>, as one uint16 array."""
     enc = get_tokenizer()  # cached per process; forked workers inherit the parent's copy
-    ids = [np.array(enc.encode_ordinary(text.strip()) + [EOT_ID], dtype=DTYPE)
-           for text in batch["text"]]
-    return {"ids": ids, "len": [len(x) for x in ids]}
+    ids = []
+    for story in stories:
+        ids += enc.encode_ordinary(story.strip())
+        ids.append(EOT_ID)
+    return np.array(ids, dtype=DTYPE)
 
 
-def tokenize(dataset, num_proc, desc):
-    """Add the token ids of every story, in `num_proc` processes; the row order is kept."""
+def _encoded_rows(story_lists) -> dict:
+    """One output row per input row: its ids, token count and story count."""
+    ids, counts = [], []
+    for stories in story_lists:
+        stories = list(stories)
+        ids.append(encode_stories(stories))
+        counts.append(len(stories))
+    return {"ids": ids, "len": [len(x) for x in ids], "stories": counts}
+
+
+def _stories_in_range(path, start, end, separator):
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode("utf-8")  # ranges end at line ends: whole characters
+    # Lines as a text-mode file gives them (universal newlines), so the split is iter_stories'.
+    return stories_in_lines(io.StringIO(text, newline=None), separator)
+
+
+def tokenize_chunks(batch):
+    """datasets.map function for text files: each row is a byte range of a file."""
+    return _encoded_rows(_stories_in_range(*row) for row in
+                         zip(batch["path"], batch["start"], batch["end"], batch["separator"]))
+
+
+def tokenize_story_lists(batch):
+    """datasets.map function for the hub dataset: each row is a list of stories."""
+    return _encoded_rows(batch["text"])
+
+
+def tokenize(dataset, num_proc, desc, cache_file=None, work_bytes=None):
+    """Encode every row with `tokenize_chunks` (rows of byte ranges) or `tokenize_story_lists`,
+    in up to `num_proc` processes; the row order is kept. A worker pool costs a few tenths of a
+    second to start, so a split gets one process per BYTES_PER_PROCESS of text at most."""
+    function = tokenize_chunks if "start" in dataset.column_names else tokenize_story_lists
+    if work_bytes is not None:
+        num_proc = min(num_proc, work_bytes // BYTES_PER_PROCESS)
     num_proc = max(1, min(num_proc, len(dataset)))
-    return dataset.map(tokenize_batch, batched=True, remove_columns=dataset.column_names,
-                       num_proc=num_proc if num_proc > 1 else None, desc=desc)
+    return dataset.map(function, batched=True, batch_size=1, remove_columns=dataset.column_names,
+                       num_proc=num_proc if num_proc > 1 else None, desc=desc,
+                       cache_file_name=cache_file)
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -119,7 +190,7 @@ def write_tokens(tokenized, path: Path) -> int:
     part = path.with_name(path.name + ".part")
     try:
         arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
-        num_shards = max(1, min(1024, -(-len(tokenized) // STORIES_PER_SHARD)))
+        num_shards = max(1, min(1024, len(tokenized)))  # rows are at most ~CHUNK_BYTES of text
         idx = 0
         for i in tqdm(range(num_shards), desc=f"writing {path.name}"):
             shard = tokenized.shard(num_shards=num_shards, index=i, contiguous=True)
@@ -260,20 +331,26 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
                 stories = hub[HF_SPLITS[split]].select_columns(["text"])
                 stories = stories.filter(lambda b: [bool(t.strip()) for t in b["text"]],
                                          batched=True, desc=f"dropping empty {split} stories")
-                separator = "one story per row"
+                rows = stories.batch(STORIES_PER_ROW)  # fewer, larger rows: less overhead
+                separator, work_bytes = "one story per row", None
             else:
                 separator = separators[split]
                 print(f"{files[split]}: stories separated by {separator}")
-                stories = Dataset.from_generator(
-                    _story_rows, gen_kwargs={"path": str(files[split]), "separator": separator},
-                    cache_dir=str(tmp / split))
-            tokenized = tokenize(stories, num_proc, desc=f"tokenizing {split}")
+                ranges = chunk_ranges(files[split], separator)
+                rows = Dataset.from_dict({"path": [str(files[split])] * len(ranges),
+                                          "start": [a for a, _ in ranges],
+                                          "end": [b for _, b in ranges],
+                                          "separator": [separator] * len(ranges)})
+                work_bytes = files[split].stat().st_size
+            tokenized = tokenize(rows, num_proc, f"tokenizing {split}",
+                                 cache_file=str(tmp / f"{split}.arrow"), work_bytes=work_bytes)
             bin_path = out_dir / f"{split}.bin"
             tokens = write_tokens(tokenized, bin_path)
-            splits[split] = {"file": bin_path.name, "tokens": tokens, "stories": len(tokenized),
+            n_stories = sum(tokenized["stories"])
+            splits[split] = {"file": bin_path.name, "tokens": tokens, "stories": n_stories,
                              "story_separator": separator, "source": sources[split]}
-            print(f"{bin_path}: {len(tokenized):,} stories, {tokens:,} tokens")
-            del stories, tokenized
+            print(f"{bin_path}: {n_stories:,} stories, {tokens:,} tokens")
+            del rows, tokenized
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = _meta(splits)

@@ -53,7 +53,7 @@ def sample_run(tmp_path_factory, tinystories_sample):
     """The real sample prepared once with num_proc=1, in several shards."""
     out = tmp_path_factory.mktemp("sample1")
     mp = pytest.MonkeyPatch()
-    mp.setattr(prep, "STORIES_PER_SHARD", 300)  # the train split is written in 4 shards
+    mp.setattr(prep, "CHUNK_BYTES", 30_000)  # rows of ~30 KB of text, written one by one
     try:
         meta = prep.prepare(out, *tinystories_sample, num_proc=1)
     finally:
@@ -83,6 +83,26 @@ def test_official_format_is_split_at_endoftext_lines_only(official_files):
     assert prep.story_separator(train) == prep.EOT_LINES
     assert list(prep.iter_stories(train)) == OFFICIAL_STORIES  # blank lines stay inside stories
     assert OFFICIAL_STORIES == reference_stories(OFFICIAL_TEXT, prep.EOT_LINES)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 50, 10**6])
+def test_chunk_ranges_cut_only_between_stories(tmp_path, chunk_bytes):
+    """The byte ranges the workers read cover the file end to end, and the stories read range by
+    range are the file's stories: none cut, lost or repeated (multi-byte characters and CRLF
+    line ends included)."""
+    texts = {prep.EOT_LINES: OFFICIAL_TEXT + "Émile saw a café — 猫.\r\n\r\nThe end.\n",
+             prep.BLANK_LINES: "Once — a café.\n\n\nTwo 猫\r\nlines.\r\n\r\nLast, no newline"}
+    for separator, text in texts.items():
+        path = tmp_path / "stories.txt"
+        path.write_bytes(text.encode("utf-8"))
+        ranges = prep.chunk_ranges(path, separator, chunk_bytes)
+        assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+        stories = [s for r in ranges for s in prep._stories_in_range(path, *r, separator)]
+        assert stories == list(prep.iter_stories(path, separator)), (separator, chunk_bytes)
+        assert len(stories) >= 3
+        if chunk_bytes == 1:
+            assert len(ranges) >= len(stories)  # every story in a row of its own
 
 
 # --- the token files ------------------------------------------------------------------------------
@@ -123,12 +143,37 @@ def test_official_format_marker_text_cannot_inject_a_special_token(official_file
     assert meta["splits"]["train"]["story_separator"] == prep.EOT_LINES
 
 
-def test_num_proc_1_and_2_write_identical_files(sample_run, tinystories_sample, tmp_path):
+def spy_on_num_proc(monkeypatch):
+    """The num_proc each datasets.map call of prepare() gets (None: in this process)."""
+    from datasets import Dataset
+    real_map, seen = Dataset.map, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_proc"))
+        return real_map(self, *args, **kwargs)
+    monkeypatch.setattr(Dataset, "map", spy)
+    return seen
+
+
+def test_num_proc_1_and_2_write_identical_files(sample_run, tinystories_sample, tmp_path,
+                                                monkeypatch):
     out1, meta1 = sample_run
-    meta2 = prep.prepare(tmp_path, *tinystories_sample, num_proc=2)  # also one shard, not four
+    # Rows of another size than sample_run's, and two workers for both splits.
+    monkeypatch.setattr(prep, "CHUNK_BYTES", 7_000)
+    monkeypatch.setattr(prep, "BYTES_PER_PROCESS", 1_000)
+    seen = spy_on_num_proc(monkeypatch)
+    meta2 = prep.prepare(tmp_path, *tinystories_sample, num_proc=2)
+    assert seen == [2, 2]
     for split in ("train", "val"):
         assert (out1 / f"{split}.bin").read_bytes() == (tmp_path / f"{split}.bin").read_bytes()
     assert meta1 == meta2
+
+
+def test_a_split_too_small_for_two_processes_gets_one(official_files, tmp_path, monkeypatch):
+    """Starting a worker pool takes longer than tokenising a few stories."""
+    seen = spy_on_num_proc(monkeypatch)
+    prep.prepare(tmp_path, *official_files, num_proc=2)
+    assert seen == [None, None]
 
 
 # --- re-runs and crashes --------------------------------------------------------------------------
@@ -162,7 +207,7 @@ def crash_on_second_shard(monkeypatch):
             raise RuntimeError("simulated crash while writing")
         return real(shard)
     monkeypatch.setattr(prep, "shard_tokens", flaky)
-    monkeypatch.setattr(prep, "STORIES_PER_SHARD", 1)  # one shard per story
+    monkeypatch.setattr(prep, "CHUNK_BYTES", 1)  # one row, and one shard, per story
 
 
 def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files, tmp_path,
