@@ -85,6 +85,19 @@ def test_official_format_is_split_at_endoftext_lines_only(official_files):
     assert OFFICIAL_STORIES == reference_stories(OFFICIAL_TEXT, prep.EOT_LINES)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 3, 13, 1 << 20])
+def test_separator_found_wherever_the_blocks_cut(tmp_path, block_bytes):
+    """The marker line is found when a block boundary cuts it, and text that merely contains
+    the marker inside a line does not count."""
+    path = tmp_path / "t.txt"
+    cases = {"one\n" * 5 + "  <|endoftext|> \r\ntwo\n": prep.EOT_LINES,
+             "one\n\ntwo <|endoftext|> in a line\n\nthree <|endoftext|>": prep.BLANK_LINES,
+             "one\n\n<|endoftext|>": prep.EOT_LINES}
+    for text, expected in cases.items():
+        path.write_bytes(text.encode("utf-8"))
+        assert prep.story_separator(path, block_bytes) == expected, (text, block_bytes)
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 50, 10**6])
 def test_chunk_ranges_cut_only_between_stories(tmp_path, chunk_bytes):
     """The byte ranges the workers read cover the file end to end, and the stories read range by
