@@ -30,6 +30,31 @@ def test_our_weights_in_hf_give_the_same_logits():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_gradients_equal_hf_with_tied_and_untied_heads(tie_weights):
+    """The tied lookup's sparse gradient plus the head's dense one reach .grad as one dense tensor,
+    equal to what GPT2LMHeadModel computes for the same matrix."""
+    cfg = dict(TINY, tie_weights=tie_weights)
+    torch.manual_seed(0)
+    ours = GPTModel(cfg)
+    hf = hf_gpt2(cfg, attn_implementation="eager")
+    copy_weights_to_hf(ours, hf)
+    idx = torch.randint(0, cfg["vocab_size"], (2, 16))
+    targets = torch.randint(0, cfg["vocab_size"], (2, 16))
+    loss = torch.nn.functional.cross_entropy(ours(idx).flatten(0, 1), targets.flatten())
+    hf_loss = torch.nn.functional.cross_entropy(hf(input_ids=idx).logits.flatten(0, 1),
+                                                targets.flatten())
+    loss.backward()
+    hf_loss.backward()
+    grad, hf_grad = ours.tok_emb.weight.grad, hf.transformer.wte.weight.grad
+    assert grad.layout == torch.strided  # dense, as AdamW and clipping need
+    assert hf_grad.abs().max() > 0
+    torch.testing.assert_close(grad, hf_grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.trf_blocks[0].att.W_query.weight.grad,
+                               hf.transformer.h[0].attn.c_attn.weight.grad[:, :cfg["emb_dim"]].T,
+                               atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("change", [{"qkv_bias": False}, {"norm": "rmsnorm"},
                                     {"pos_encoding": "rope"}])
 def test_only_gpt2_layouts_have_an_hf_twin(change):
