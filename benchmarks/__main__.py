@@ -30,9 +30,9 @@ SIZES = {
     },
     "default": {"train": "", "generate": "", "data": ""},
     "large": {
-        "train": "--batch-size 8 --seq-len 512 --repeats 7",
+        "train": "--batch-size 8 --seq-len 512 --repeats 9",
         "generate": "--new-tokens 512 --repeats 5 --no-cache-repeats 2",
-        "data": "--prep-mb 32 --memmap-mb 1000 --batches 20000 --repeats 3",
+        "data": "--prep-mb 64 --memmap-mb 1000 --batches 20000 --repeats 3",
     },
 }
 
