@@ -181,6 +181,7 @@ def tokenize(dataset, num_proc, desc, cache_file=None, work_bytes=None):
     if work_bytes is not None:
         num_proc = min(num_proc, work_bytes // BYTES_PER_PROCESS)
     num_proc = max(1, min(num_proc, len(dataset)))
+    desc += f" ({num_proc} process{'es' if num_proc > 1 else ''})"
     return dataset.map(function, batched=True, batch_size=1, remove_columns=dataset.column_names,
                        num_proc=num_proc if num_proc > 1 else None, desc=desc,
                        cache_file_name=cache_file)
