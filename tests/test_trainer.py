@@ -84,7 +84,7 @@ def test_optimizer_decays_matrices_and_embeddings_only(tie_weights):
     grouped = [id(p) for p in decay["params"] + no_decay["params"]]
     assert len(grouped) == len(set(grouped))                        # each parameter once
     assert set(grouped) == {id(p) for p in model.parameters()}      # and every one of them
-    assert opt.defaults["foreach"] and not opt.defaults["fused"]    # CPU: multi-tensor kernel
+    assert opt.defaults["fused"] and not opt.defaults["foreach"]    # CPU: the fused kernel
 
 
 # --- one iteration --------------------------------------------------------------------------------
