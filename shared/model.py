@@ -40,6 +40,8 @@ def check_config(cfg: dict) -> None:
         raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {cfg['norm']!r}")
     if cfg.get("pos_encoding", "learned") not in ("learned", "rope"):
         raise ValueError(f"pos_encoding must be 'learned' or 'rope', got {cfg['pos_encoding']!r}")
+    if cfg.get("init", "gpt2") not in ("gpt2", "pytorch"):
+        raise ValueError(f"init must be 'gpt2' or 'pytorch', got {cfg['init']!r}")
     if cfg.get("pos_encoding") == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
         raise ValueError("RoPE rotates pairs of features: emb_dim / num_heads must be even")
 
@@ -220,9 +222,21 @@ class GPTModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write
-        into the residual stream scaled by 1/sqrt(2 * num_layers), so the stream's variance does not
-        grow with depth. The initial loss is then close to ln(vocab_size)."""
+        """GPT-2's initialisation (cfg["init"] = "gpt2", the default): N(0, 0.02) weights, zero
+        biases, and the projections that write into the residual stream scaled by
+        1/sqrt(2 * num_layers), so the stream's variance does not grow with depth. The initial loss
+        is then close to ln(vocab_size).
+
+        cfg["init"] = "pytorch" keeps each layer's PyTorch default instead, as the book's chapter 5
+        and the chapter 6 blog post do: N(0, 1) embeddings and uniform(+-1/sqrt(fan_in)) linear
+        weights. With an untied head that too starts near ln(vocab_size); a tied head then holds
+        the N(0, 1) embedding, and the initial loss explodes (chapter 6 shows it)."""
+        if self.cfg.get("init", "gpt2") == "pytorch":
+            for module in self.modules():
+                if module is not self and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            self.tok_emb.reset_parameters()  # last: a tied head keeps the embedding's N(0, 1)
+            return
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -164,6 +164,37 @@ def test_gpt2_initialisation():
             assert p.std().item() == pytest.approx(0.02, rel=0.05), name
 
 
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_pytorch_initialisation(tie_weights):
+    """init="pytorch" keeps PyTorch's defaults: N(0, 1) embeddings (a tied head shares them),
+    uniform(+-1/sqrt(fan_in)) linear weights and biases, LayerNorm ones and zeros."""
+    cfg = dict(TINY, emb_dim=256, num_heads=4, num_layers=2, vocab_size=2000, qkv_bias=True,
+               init="pytorch", tie_weights=tie_weights)
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            assert torch.all(p == (1 if name.endswith("weight") else 0)), name
+        elif name.endswith("emb.weight"):
+            assert p.std().item() == pytest.approx(1.0, rel=0.05), name
+        else:
+            fan_in = model.get_submodule(name.rsplit(".", 1)[0]).in_features
+            bound = fan_in ** -0.5
+            assert p.abs().max().item() <= bound, name
+            if p.dim() == 2:
+                assert p.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
+    head_std = model.out_head.weight.std().item()
+    assert head_std == pytest.approx(1.0 if tie_weights else 256 ** -0.5 / math.sqrt(3), rel=0.05)
+
+
+def test_pytorch_init_loss_near_ln_vocab_untied_and_far_above_tied(initial_loss):
+    """The book's chapter 5 model (untied head) starts near ln(V) with PyTorch's defaults too;
+    tying the head to the N(0, 1) embedding makes the untrained model wildly overconfident."""
+    cfg = dict(GPT_CONFIG_124M, context_length=256, num_layers=2, init="pytorch")
+    assert abs(initial_loss(cfg) - math.log(50257)) < 0.5
+    assert initial_loss(dict(cfg, tie_weights=True)) > 5 * math.log(50257)
+
+
 def test_loss_at_init_is_ln_vocab(initial_loss):
     """The real 124M model starts near uniform guessing: cross-entropy within 0.5 of ln(50257)."""
     loss = initial_loss(GPT_CONFIG_124M)
@@ -177,6 +208,7 @@ def test_loss_at_init_is_ln_vocab(initial_loss):
     ({"norm": "batchnorm"}, "norm must be"),
     ({"pos_encoding": "alibi"}, "pos_encoding must be"),
     ({"pos_encoding": "rope", "emb_dim": 36, "num_heads": 4}, "must be even"),
+    ({"init": "xavier"}, "init must be"),
 ])
 def test_bad_config_raises(change, message):
     with pytest.raises(ValueError, match=message):
