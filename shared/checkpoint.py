@@ -20,6 +20,8 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     values (numbers, strings, lists, dicts, tensors): the loader refuses anything else.
     """
     path = Path(path)
+    for key, value in extra.items():
+        _check_plain(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model_state_dict": unwrap_model(model).state_dict(), "extra": extra}
     if optimizer is not None:
@@ -36,6 +38,20 @@ def save_checkpoint(path, model, optimizer=None, **extra):
         os.unlink(tmp)
         raise
     return path
+
+
+def _check_plain(value, where):
+    """Refuse, at save time, what a weights_only load would refuse later."""
+    if isinstance(value, (dict,)):
+        for key, item in value.items():
+            _check_plain(key, f"{where} (a key)")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (bool, int, float, str, torch.Tensor))):
+        raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; store plain values "
+                        "(numbers, strings, lists, dicts, tensors), which load with weights_only=True")
 
 
 def load_checkpoint(path, model, optimizer=None, map_location=None):

@@ -1,7 +1,10 @@
 """Turning a model's next-token logits into text: greedy decoding, temperature, top-k, a KV cache."""
 import contextlib
+import math
 
 import torch
+
+from shared.checkpoint import unwrap_model
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
@@ -23,6 +26,8 @@ def check_prompt(idx, max_new_tokens, context_size=None):
                          "use text_to_token_ids(), which adds the batch dimension")
     if idx.size(1) == 0:
         raise ValueError("the prompt is empty: give at least one token (e.g. <|endoftext|>)")
+    if idx.dtype not in (torch.long, torch.int):
+        raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if context_size is not None and context_size < 1:  # idx[:, -0:] would silently keep everything
@@ -31,6 +36,8 @@ def check_prompt(idx, max_new_tokens, context_size=None):
 
 
 def check_sampling(temperature, top_k):
+    if math.isnan(temperature):
+        raise ValueError("temperature is NaN; use 0 for greedy or a positive number")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k <= 0:
@@ -51,12 +58,6 @@ def sample_next_token(logits, temperature=0.0, top_k=None):
         probs = torch.softmax(logits / temperature, dim=-1)
         return torch.multinomial(probs, num_samples=1)
     return logits.argmax(dim=-1, keepdim=True)
-
-
-def _unwrap(model):
-    """The GPTModel inside a DistributedDataParallel or torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 @contextlib.contextmanager
@@ -95,7 +96,7 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     """
     check_prompt(idx, max_new_tokens, context_size)
     check_sampling(temperature, top_k)
-    core = _unwrap(model)
+    core = unwrap_model(model)
     vocab_limit = getattr(core, "tokenizer_vocab_size", None)
     cache = core.new_kv_cache(idx.size(0), max_len=context_size) if use_cache else None
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)

@@ -34,6 +34,9 @@ def check_config(cfg: dict) -> None:
     missing = [k for k in GPT_CONFIG_124M if k not in cfg]
     if missing:
         raise ValueError(f"config is missing {missing}; start from a copy of GPT_CONFIG_124M")
+    for key in ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["emb_dim"] % cfg["num_heads"]:
         raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
     if cfg.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
@@ -258,8 +261,16 @@ class GPTModel(nn.Module):
         """idx: (B, T) token ids. With `kv_cache`, idx holds only the new tokens, which follow the
         `kv_cache.length` cached ones. `last_only` computes logits for the last position alone
         (all that generation needs), which skips most of the output head's work."""
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (batch, tokens); got shape {tuple(idx.shape)}")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a (batch, tokens) tensor of token ids; got {shape}")
+        if idx.dtype not in (torch.long, torch.int):
+            raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+        if idx.numel() and not torch.compiler.is_compiling():
+            low, high = torch.aminmax(idx)
+            if low < 0 or high >= self.cfg["vocab_size"]:
+                raise ValueError(f"token ids must lie in [0, {self.cfg['vocab_size']}), the model's "
+                                 f"vocab_size; got ids from {int(low)} to {int(high)}")
         B, T = idx.shape
         start_pos = kv_cache.length if kv_cache is not None else 0
         limit = kv_cache.max_len if kv_cache is not None else self.context_length

@@ -18,3 +18,21 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
     ax2.set_xlabel("Tokens seen")
     fig.tight_layout()
     return fig
+
+
+def plot_history(history, title, log_scale=False):
+    """Train and validation loss against iterations, from shared.trainer.train's history dict,
+    with a dotted line at the iteration whose checkpoint was kept (best.pt)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(history["iters"], history["train_losses"], label="train")
+    ax.plot(history["iters"], history["val_losses"], linestyle="-.", label="validation")
+    ax.axvline(history["best_iter"], color="gray", linestyle=":",
+               label=f"best.pt (iter {history['best_iter']})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -128,8 +128,12 @@ def _saved_model_config(last_path: Path) -> dict:
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: {last_path} not found; run without --resume to start "
                                 "training")
-    payload = torch.load(last_path, map_location="cpu", weights_only=True)
-    return payload["extra"]["model_config"]
+    try:
+        payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        return payload["extra"]["model_config"]
+    except Exception as err:
+        raise RuntimeError(f"{last_path} is not a readable checkpoint of this script ({err}); "
+                           "delete it to start over, or point --out-dir at the right run") from err
 
 
 def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
@@ -149,7 +153,7 @@ def main(argv=None):
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if ddp:
         local_rank = int(os.environ["LOCAL_RANK"])
-        wanted = torch.device(args.device) if args.device else get_device()
+        wanted = get_device(args.device)
         if wanted.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
@@ -161,7 +165,7 @@ def main(argv=None):
             raise ValueError(f"DistributedDataParallel needs CUDA (nccl) or the CPU (gloo), "
                              f"not {wanted.type}; pass --device cpu or run without torchrun")
     else:
-        device = torch.device(args.device) if args.device else get_device()
+        device = get_device(args.device)
     master = not ddp or dist.get_rank() == 0
     say = print if master else (lambda *a, **k: None)
 

@@ -241,7 +241,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     ddp = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0
-    device = torch.device(cfg.device) if cfg.device else get_device()
+    device = get_device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     train_data, val_data = _as_tokens(train_data), _as_tokens(val_data)

@@ -12,6 +12,7 @@ from benchmarks import __main__ as runner
 from benchmarks.common import Target, markdown_table, time_alternating
 from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
+from weights import randomize_
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
             num_layers=2, drop_rate=0.0, qkv_bias=True, tie_weights=True)
@@ -19,7 +20,7 @@ TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_
 
 def test_our_weights_in_hf_give_the_same_logits():
     torch.manual_seed(0)
-    ours = GPTModel(TINY).eval()
+    ours = randomize_(GPTModel(TINY)).eval()  # random biases and norms: a skipped copy shows
     hf = hf_gpt2(TINY).eval()
     copy_weights_to_hf(ours, hf)
     idx = torch.randint(0, TINY["vocab_size"], (2, 16))
@@ -36,7 +37,7 @@ def test_gradients_equal_hf_with_tied_and_untied_heads(tie_weights):
     equal to what GPT2LMHeadModel computes for the same matrix."""
     cfg = dict(TINY, tie_weights=tie_weights)
     torch.manual_seed(0)
-    ours = GPTModel(cfg)
+    ours = randomize_(GPTModel(cfg))
     hf = hf_gpt2(cfg, attn_implementation="eager")
     copy_weights_to_hf(ours, hf)
     idx = torch.randint(0, cfg["vocab_size"], (2, 16))
@@ -108,9 +109,18 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     assert len(re.findall(r"\| (yes|\*\*no\*\*) +\|", out)) == 5
 
 
-def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys):
+def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys, monkeypatch):
     # The default: bench_data's resident-memory numbers must not include what another
-    # benchmark left in this process's heap.
+    # benchmark left in this process's heap. A patch made in this process cannot reach a
+    # benchmark that runs elsewhere; with --in-process it does.
+    import benchmarks.bench_data
+
+    def not_here():
+        raise RuntimeError("bench_data ran in the test's own process")
+    monkeypatch.setattr(benchmarks.bench_data, "rss_mb", not_here)
+    with pytest.raises(RuntimeError, match="own process"):
+        runner.main(["--size", "tiny", "--threads", "1", "--only", "data", "--in-process"])
+    capsys.readouterr()
     (target_prep, target_rss) = runner.main(["--size", "tiny", "--threads", "1", "--only", "data"])
     out = capsys.readouterr().out
     assert "### Data: preparation" in out and "### Training step" not in out

@@ -138,3 +138,13 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
     assert path.read_bytes() == good_bytes
     assert load_checkpoint(path, other) == {"step": 1}
+
+
+def test_save_refuses_what_the_loader_would_refuse(tmp_path):
+    """An object in `extra` is caught when saving, not reported as a corrupt file when loading."""
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"extra_info\['when'\] is a object"):
+        save_checkpoint(tmp_path / "c.pt", model, extra_info={"when": object()})
+    assert not (tmp_path / "c.pt").exists()
+    save_checkpoint(tmp_path / "ok.pt", model, step=3, history={"loss": [1.0, 0.5]}, note=None)
+    assert load_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2))["history"] == {"loss": [1.0, 0.5]}

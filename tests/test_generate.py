@@ -157,6 +157,9 @@ def test_zero_new_tokens_returns_prompt(model):
     (dict(idx=torch.zeros(1, 0, dtype=torch.long)), "empty"),
     (dict(idx=torch.tensor([1, 2, 3])), "batch, tokens"),
     (dict(context_size=0), "context_size"),
+    (dict(temperature=float("nan")), "NaN"),
+    (dict(idx=torch.tensor([[1.0, 2.0]])), "integer token ids"),
+    (dict(idx=torch.tensor([[1, 10**6]])), r"token ids must lie in \[0, "),
 ])
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_bad_arguments_raise(model, kwargs, message, use_cache):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,9 @@ def test_damaged_cache_is_rebuilt(mirror, fake_mirror, tmp_path):
     with pytest.warns(UserWarning, match=PARAMS_CACHE):
         _, params = download_and_load_gpt2("124M", tmp_path, progress=False)
     np.testing.assert_array_equal(params["wte"], tf_vars["model/wte"])
-    _, again = download_and_load_gpt2("124M", tmp_path, progress=False)  # rebuilt: no warning now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilt: a warning now would mean the cache was not
+        _, again = download_and_load_gpt2("124M", tmp_path, progress=False)
     np.testing.assert_array_equal(again["wte"], tf_vars["model/wte"])
 
 

@@ -70,11 +70,13 @@ def test_chunked_prefill_equals_one_full_forward(name):
         full = model(idx)
         first = model(idx[:, :7], kv_cache=cache)
         second = model(idx[:, 7:], kv_cache=cache)
-        last = model(torch.randint(0, TINY["vocab_size"], (2, 1)), kv_cache=cache)
+        new = torch.randint(0, TINY["vocab_size"], (2, 1))
+        last = model(new, kv_cache=cache)                      # one decode step after the prefill
+        expected_last = model(torch.cat([idx, new], dim=1))[:, -1:]
     assert cache.length == 13
     torch.testing.assert_close(first, full[:, :7], rtol=0, atol=1e-5)
     torch.testing.assert_close(second, full[:, 7:], rtol=0, atol=1e-5)
-    assert last.shape == (2, 1, TINY["vocab_size"])
+    torch.testing.assert_close(last, expected_last, rtol=0, atol=1e-5)
 
 
 def test_cache_overflow_raises():

@@ -209,6 +209,10 @@ def test_loss_at_init_is_ln_vocab(initial_loss):
     ({"pos_encoding": "alibi"}, "pos_encoding must be"),
     ({"pos_encoding": "rope", "emb_dim": 36, "num_heads": 4}, "must be even"),
     ({"init": "xavier"}, "init must be"),
+    ({"num_layers": 0}, "num_layers must be a positive integer"),
+    ({"num_heads": 0}, "num_heads must be a positive integer"),
+    ({"vocab_size": 0}, "vocab_size must be a positive integer"),
+    ({"emb_dim": 16.0}, "emb_dim must be a positive integer"),
 ])
 def test_bad_config_raises(change, message):
     with pytest.raises(ValueError, match=message):
@@ -229,3 +233,10 @@ def test_bad_input_raises():
         model(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="crop"):
         model(torch.zeros(1, TINY["context_length"] + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="tensor of token ids"):
+        model([[1, 2]])
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(1, 3))
+    for bad in (TINY["vocab_size"], -1):  # would be an IndexError deep inside the embedding
+        with pytest.raises(ValueError, match=rf"\[0, {TINY['vocab_size']}\).*{bad}"):
+            model(torch.tensor([[1, bad, 2]]))

@@ -68,10 +68,21 @@ def test_calc_loss_loader_rejects_zero_batches(loaders):
         calc_loss_loader(loaders[1], GPTModel(TINY), "cpu", num_batches=0)
 
 
-def test_evaluate_model_restores_training_mode(loaders):
-    model = GPTModel(TINY).train()
-    evaluate_model(model, *loaders, "cpu", eval_iter=1)
+def test_evaluate_model_measures_in_eval_mode_then_trains_again(loaders):
+    """With dropout on, the losses equal calc_loss_loader's in eval mode (no dropout noise), and
+    the model is back in training mode afterwards."""
+    torch.manual_seed(0)
+    model = GPTModel(dict(TINY, drop_rate=0.5)).train()
+    torch.manual_seed(1)  # the training loader shuffles: the same first batch both times
+    train_loss, val_loss = evaluate_model(model, *loaders, "cpu", eval_iter=1)
     assert model.training
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        assert train_loss == calc_loss_loader(loaders[0], model, "cpu", num_batches=1)
+        assert val_loss == calc_loss_loader(loaders[1], model, "cpu", num_batches=1)
+        model.train()
+        assert calc_loss_loader(loaders[1], model, "cpu", num_batches=1) != val_loss  # dropout on
 
 
 def test_training_lowers_the_loss_and_reports_each_evaluation(loaders, tokenizer, capsys):

@@ -1,0 +1,25 @@
+"""shared.device.get_device: the best device by default, a clear error for one that is not there."""
+import pytest
+import torch
+
+from shared.device import get_device
+
+
+def test_explicit_cpu_and_default():
+    assert get_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else None
+    if expected:
+        assert get_device().type == expected
+    else:
+        assert get_device().type in ("mps", "cpu")
+
+
+def test_unknown_device_name_is_explained():
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        get_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_missing_cuda_is_explained():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        get_device("cuda")
