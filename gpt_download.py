@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from shared.gpt2 import GPT2_SIZES, PARAMS_CACHE, download_and_load_gpt2
+from shared.download import DownloadError
+from shared.gpt2 import GPT2_SIZES, PARAMS_CACHE, CorruptCheckpointError, download_and_load_gpt2
 
 __all__ = ["download_and_load_gpt2"]
 
@@ -32,7 +33,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    settings, params = download_and_load_gpt2(args.model_size, args.models_dir)
+    try:
+        settings, params = download_and_load_gpt2(args.model_size, args.models_dir)
+    except (DownloadError, CorruptCheckpointError) as err:  # the message says it all: no traceback
+        raise SystemExit(f"error: {err}") from None
     seconds = time.perf_counter() - start
     print(f"GPT-2 {args.model_size}: {settings}")
     print(f"{len(params['blocks'])} blocks, token embedding {tuple(params['wte'].shape)}; "

@@ -3,8 +3,8 @@
 Preparation: shared.prepare_tinystories.prepare on a few MB of real TinyStories text (the sample
 in ../shared/data repeated until it is large enough), with 1 and with 2 tokeniser processes.
 Throughput counts the tokens written (train + val) per second of the whole run: reading the
-stories, tokenising, writing the .bin files. Two "tiktoken alone" rows give the ceiling: the
-same stories encoded by bare tiktoken in one process, and split over processes that are already
+stories, tokenising, writing the .bin files. Two "tokenising alone" rows give the ceiling: the
+same stories encoded by the workers' call in one process, and split over processes that are already
 running (no `datasets`, no pool start-up, no reading or writing), i.e. what extra cores give
 the tokeniser itself on this machine.
 
@@ -110,49 +110,59 @@ def bench_prepare(args, workdir: Path, device):
     rows = [[f"prepare_tinystories, num_proc={n}", f"{train_txt.stat().st_size / 1e6:.1f} MB text",
              fmt_num(median(t)), spread(t), fmt_num(rate[n]), f"{rate[n] / rate[base]:.2f}x", "", ""]
             for n, t in times.items()]
-    progress("bench_data: tiktoken alone in 1 and 2 running processes (the ceiling)")
+    progress("bench_data: tokenising alone in 1 and 2 running processes (the ceiling)")
     alone_tokens, alone_times = bench_tokenizer_alone(args, train_txt, device)
     alone_rate = {n: alone_tokens / median(t) for n, t in alone_times.items()}
-    rows += [[f"tiktoken alone, {n} running process{'es' if n > 1 else ''}",
+    rows += [[f"tokenising alone, {n} running process{'es' if n > 1 else ''}",
               f"{train_txt.stat().st_size / 1e6:.1f} MB text", fmt_num(median(t)), spread(t),
               fmt_num(alone_rate[n]), f"{alone_rate[n] / alone_rate[base]:.2f}x", "", ""]
              for n, t in alone_times.items()]
+    for n in args.num_proc:
+        if n > 1:
+            startup = bench_pool_startup(n, workdir, device, args.repeats + 1)
+            rows.append([f"datasets.map start-up, num_proc={n}, no work", "16 empty rows",
+                         fmt_num(median(startup)), spread(startup), "", "", "", ""])
     targets = [Target(f"preparation tokens/s: num_proc={n} / num_proc={base}", rate[n] / rate[base],
                       PREP_TARGET) for n in args.num_proc if n == 2 and base == 1]
     note = (f"preparation: {args.prep_mb:g} MB of TinyStories text (the sample repeated) + the "
             f"validation sample, {tokens[base]:,} tokens; tokens/s over the whole run (read, "
             f"tokenise, write); median of {args.repeats} alternated runs after one warm-up each. "
-            f"tiktoken alone: the training text's stories, encode_ordinary one by one, split "
-            f"evenly over worker processes started and warmed up before the timing")
+            f"tokenising alone: the training text's ~1 MB rows of stories, split and in memory, "
+            f"encoded with the workers' own call (encode_stories) and shared evenly over "
+            f"worker processes started and warmed up before the timing. datasets.map start-up: a map "
+            f"whose function returns its rows unchanged, i.e. what starting the pool, handing out the "
+            f"shards and joining their results costs before any text is read; with one process "
+            f"taking t1 seconds, n processes cannot beat t1 / (t1 / n + start-up)")
     return rows, targets, note
 
 
 # ---------------------------------------------------------------- the tokeniser's own scaling
 
-_STORIES = []  # each pool worker's copy of the stories, loaded by _load_stories before timing
+_ROWS = []  # each pool worker's copy of the rows' stories, loaded by _load_rows before timing
 
 
-def _load_stories(path: str) -> None:
-    from shared.prepare_tinystories import iter_stories
+def _load_rows(path: str) -> None:
+    """The stories of each ~1 MB row, as prepare_tinystories' workers split them."""
+    from shared.prepare_tinystories import chunk_ranges, stories_in_range, story_separator
     from shared.tokenizer import get_tokenizer
-    _STORIES[:] = list(iter_stories(path))
+    separator = story_separator(path)
+    _ROWS[:] = [stories_in_range(path, a, b, separator) for a, b in chunk_ranges(path, separator)]
     get_tokenizer()
 
 
 def _encode_share(index: int, num_shares: int) -> int:
-    """Encode every num_shares-th story, starting at `index`; return the token count."""
-    from shared.tokenizer import get_tokenizer
-    enc = get_tokenizer()
-    return sum(len(enc.encode_ordinary(story)) + 1 for story in _STORIES[index::num_shares])
+    """Encode every num_shares-th row with the workers' own call; return the token count."""
+    from shared.prepare_tinystories import encode_stories
+    return sum(len(encode_stories(stories)) for stories in _ROWS[index::num_shares])
 
 
 def bench_tokenizer_alone(args, train_txt: Path, device):
-    """Seconds for bare tiktoken to encode the stories in n already running processes."""
+    """Seconds to encode the rows' stories in n already running processes (no datasets, no I/O)."""
     pools = {}
     try:
         for n in args.num_proc:
             pools[n] = multiprocessing.get_context("spawn").Pool(
-                n, initializer=_load_stories, initargs=(str(train_txt),))
+                n, initializer=_load_rows, initargs=(str(train_txt),))
             pools[n].starmap(_encode_share, [(0, 1 << 30)] * 2 * n)  # started and loaded
 
         def encode_with(n):
@@ -165,6 +175,23 @@ def bench_tokenizer_alone(args, train_txt: Path, device):
         for pool in pools.values():
             pool.terminate()
     return tokens, times
+
+
+def _unchanged(batch):
+    return batch
+
+
+def bench_pool_startup(num_proc: int, workdir: Path, device, repeats: int) -> list:
+    """Seconds for a `datasets.map(num_proc=...)` that does no work: its fixed cost."""
+    from datasets import Dataset
+    rows = Dataset.from_dict({"x": list(range(16))})
+    runs = iter(range(1 << 30))
+
+    def run():
+        with contextlib.redirect_stderr(io.StringIO()):  # no progress bars between the tables
+            rows.map(_unchanged, batched=True, batch_size=1, num_proc=num_proc,
+                     cache_file_name=str(workdir / f"startup{next(runs)}.arrow"))
+    return time_alternating({"start-up": run}, repeats, 1, device)["start-up"]
 
 
 # ---------------------------------------------------------------- batches

@@ -1,6 +1,7 @@
 """Data pipelines: chapter 2's sliding-window dataset over one text, and chapter 6's memmap batches."""
 import json
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ class GPTDatasetV1(Dataset):
     def __init__(self, txt, tokenizer, max_length, stride):
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be >= 1, got {max_length} and {stride}")
+        _check_text(txt)
         ids = tokenizer.encode(txt, allowed_special={END_OF_TEXT})
         if len(ids) < max_length + 1:
             raise ValueError(
@@ -41,6 +43,16 @@ class GPTDatasetV1(Dataset):
         start = i * self.stride
         chunk = self.token_ids[start:start + self.max_length + 1]
         return chunk[:-1], chunk[1:]  # input (max_length,), target (max_length,)
+
+
+def _check_text(txt) -> None:
+    """Refuse a file's path where its text belongs: the path would be tokenised as a short text."""
+    read = "pass the text itself, e.g. Path(p).read_text(encoding='utf-8')"
+    if not isinstance(txt, str):
+        raise TypeError(f"txt must be the text (a str), got {type(txt).__name__}; {read}")
+    # Text with a newline, or longer than any path (PATH_MAX is 4096), is never a path.
+    if "\n" not in txt and len(txt) <= 4096 and os.path.isfile(txt):
+        raise ValueError(f"txt is the path of a file ({txt!r}), not its text; {read}")
 
 
 def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True,
@@ -115,6 +127,9 @@ def get_batch(data, batch_size, block_size, device="cpu", generator=None):
     """
     if batch_size < 1 or block_size < 1:
         raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size} and {block_size}")
+    if np.ndim(data) != 1:  # rows of a 2-D array would become windows of rows, silently
+        raise ValueError(f"get_batch needs a 1-D array of token ids (one stream, as load_tokens "
+                         f"returns), got shape {np.shape(data)}; flatten it with .reshape(-1)")
     n = len(data)
     if n < block_size + 1:
         raise ValueError(f"the token file has {n} tokens, but a window of block_size={block_size} "

@@ -10,6 +10,7 @@ from shared.checkpoint import unwrap_model
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding, as chapter 4 writes it: append the most likely token, one at a time."""
     check_prompt(idx, max_new_tokens, context_size)
+    check_model_limits(unwrap_model(model), context_size)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # the model sees at most context_size tokens
         with torch.no_grad():
@@ -33,6 +34,19 @@ def check_prompt(idx, max_new_tokens, context_size=None):
     if context_size is not None and context_size < 1:  # idx[:, -0:] would silently keep everything
         raise ValueError(f"context_size must be >= 1 (usually model.context_length), "
                          f"got {context_size}")
+
+
+def check_model_limits(core, context_size, eos_id=None):
+    """Refuse, before the first token, a window or an end id that the model cannot honour."""
+    context_length = getattr(core, "context_length", None)  # GPTModel has one; test stubs may not
+    if context_length is not None and context_size > context_length:  # else fails mid-generation
+        raise ValueError(f"context_size {context_size} exceeds the model's context length "
+                         f"{context_length}; use at most model.context_length")
+    vocab = getattr(core, "tokenizer_vocab_size", None)
+    if eos_id is not None and not 0 <= eos_id < (vocab or math.inf):  # never sampled: no stop
+        valid = f"in [0, {vocab})" if vocab else ">= 0"
+        raise ValueError(f"eos_id must be a token id the model can produce, {valid}, got {eos_id}; "
+                         "use the tokenizer's end-of-text id (EOT_ID = 50256 for GPT-2)")
 
 
 def check_sampling(temperature, top_k):
@@ -97,6 +111,7 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     check_prompt(idx, max_new_tokens, context_size)
     check_sampling(temperature, top_k)
     core = unwrap_model(model)
+    check_model_limits(core, context_size, eos_id)
     vocab_limit = getattr(core, "tokenizer_vocab_size", None)
     cache = core.new_kv_cache(idx.size(0), max_len=context_size) if use_cache else None
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)

@@ -262,10 +262,30 @@ def _linear_weight(w) -> torch.Tensor:
     return torch.as_tensor(w).T
 
 
+def _check_params(gpt, params: dict) -> None:
+    """Name every missing or misshapen array before any parameter is replaced, so bad params
+    leave the model as it was."""
+    cfg = gpt.cfg
+    expected = gpt2_param_shapes({"n_vocab": cfg["vocab_size"], "n_ctx": cfg["context_length"],
+                                  "n_embd": cfg["emb_dim"], "n_layer": cfg["num_layers"]})
+    flat = _flatten(params)
+    missing = [k for k in expected if k not in flat]
+    if missing:
+        raise ValueError(f"params lacks {len(missing)} of the {len(expected)} GPT-2 arrays "
+                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); pass the "
+                         "params from `settings, params = download_and_load_gpt2(model_size)`")
+    wrong = [f"{k} is {tuple(np.shape(flat[k]))}, the model needs {shape}"
+             for k, shape in expected.items() if tuple(np.shape(flat[k])) != shape]
+    if wrong:
+        raise ValueError(f"params does not fit the model: {'; '.join(wrong[:3])}; build the "
+                         "model with config_from_hparams(settings), settings from the same "
+                         "download_and_load_gpt2 call")
+
+
 def load_weights_into_gpt(gpt, params: dict) -> None:
     """Copy OpenAI's arrays into every parameter of `gpt`, a GPTModel built with
     config_from_hparams(settings) or gpt2_config(size)."""
-    if len(params["blocks"]) != len(gpt.trf_blocks):
+    if "blocks" in params and len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks, "
                          f"the model {len(gpt.trf_blocks)}; build the model with "
                          "config_from_hparams(settings)")
@@ -273,6 +293,7 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
             or any(block.att.W_query.bias is None for block in gpt.trf_blocks)):
         raise ValueError("GPT-2 needs learned position embeddings, LayerNorm and qkv_bias=True; "
                          "build the model with config_from_hparams(settings)")
+    _check_params(gpt, params)
 
     gpt.pos_emb.weight = assign(gpt.pos_emb.weight, params["wpe"])
     gpt.tok_emb.weight = assign(gpt.tok_emb.weight, params["wte"])

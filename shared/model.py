@@ -266,6 +266,10 @@ class GPTModel(nn.Module):
             raise ValueError(f"idx must be a (batch, tokens) tensor of token ids; got {shape}")
         if idx.dtype not in (torch.long, torch.int):
             raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+        device = self.tok_emb.weight.device
+        if idx.device != device:  # compares metadata, reads no data: no host sync
+            raise ValueError(f"idx is on {idx.device} but the model is on {device}; move the ids "
+                             "there with idx.to(device)")
         if idx.numel() and not torch.compiler.is_compiling():
             low, high = torch.aminmax(idx)
             if low < 0 or high >= self.cfg["vocab_size"]:

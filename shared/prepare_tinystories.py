@@ -15,9 +15,12 @@ Where one story ends:
   * a text file without such a line (e.g. a small sample): a blank line ends a story. A sample
     that also puts blank lines between the paragraphs of one story therefore gets one
     <|endoftext|> per paragraph.
-Stories are stripped of surrounding whitespace; empty ones are dropped. They are encoded with
-encode_ordinary, so a story that contains the text "<|endoftext|>" gets the ordinary tokens of
-that text and cannot inject a special token; the only 50256s are the ones written after stories.
+Stories are stripped of surrounding whitespace; empty ones are dropped. Each is encoded as
+encode_ordinary would encode it alone, so a story that contains the text "<|endoftext|>" gets the
+ordinary tokens of that text and cannot inject a special token; the only 50256s are the ones
+written after stories. (For speed, the stories of a row are joined with <|endoftext|> and
+encoded in one call, which gives the same ids; a row whose text holds the marker is encoded
+story by story instead.)
 
 In parallel (--num-proc N): the parent cuts each text file into byte ranges of about 1 MB that end
 between stories; `datasets.map(num_proc=N)` hands the ranges to N worker processes, and each one
@@ -30,9 +33,9 @@ meta.json (token counts, dtype, vocabulary, source files and sizes) is written l
 A dataset without meta.json is unfinished. A re-run whose inputs match meta.json does nothing.
 """
 import argparse
-import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -82,28 +85,34 @@ def story_separator(path, block_bytes=16 << 20) -> str:
 
 
 def iter_stories(path, separator=None):
-    """Yield the stories of a text file one at a time (never the whole file in memory)."""
+    """Yield the stories of a text file, reading ~CHUNK_BYTES at a time (never the whole file)."""
     separator = separator or story_separator(path)
-    with open(path, encoding="utf-8") as f:
-        yield from stories_in_lines(f, separator)
+    for start, end in chunk_ranges(path, separator):
+        yield from stories_in_range(path, start, end, separator)
 
 
-def stories_in_lines(lines, separator):
-    """Yield the stories in an iterable of lines (newlines kept), split as `separator` says."""
-    ends_story = ((lambda s: s == END_OF_TEXT) if separator == EOT_LINES
-                  else (lambda s: s == ""))
-    story = []
-    for line in lines:
-        if ends_story(line.strip()):
-            text = "".join(story).strip()
-            if text:
-                yield text
-            story = []
-        else:
-            story.append(line)  # keep the newline: paragraphs stay paragraphs
-    text = "".join(story).strip()
-    if text:
-        yield text
+# A line that ends a story: only whitespace, or <|endoftext|> between whitespace. [^\S\n] is any
+# whitespace but the newline (str.strip's set), so a line is judged exactly as line.strip() would.
+_STORY_END_LINE = {
+    BLANK_LINES: re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE),
+    EOT_LINES: re.compile(r"^[^\S\n]*<\|endoftext\|>[^\S\n]*(?:\n|\Z)", re.MULTILINE),
+}
+
+
+def split_stories(text: str, separator) -> list:
+    """The stories in `text` (whole lines): split at the lines that end a story, each stripped,
+    empty ones dropped. Newlines are read as a text-mode file reads them (\r\n and \r become \n)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    stories = (part.strip() for part in _STORY_END_LINE[separator].split(text))
+    return [story for story in stories if story]
+
+
+def stories_in_range(path, start, end, separator) -> list:
+    """The stories in bytes [start, end) of a file; the range must start and end at a line end."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode("utf-8")  # ranges end at line ends: whole characters
+    return split_stories(text, separator)
 
 
 def chunk_ranges(path, separator, chunk_bytes=None) -> list:
@@ -137,11 +146,18 @@ def chunk_ranges(path, separator, chunk_bytes=None) -> list:
 def encode_stories(stories) -> np.ndarray:
     """The ids of every story, each followed by one <|endoftext|>, as one uint16 array."""
     enc = get_tokenizer()  # cached per process; forked workers inherit the parent's copy
-    ids = []
-    for story in stories:
-        ids += enc.encode_ordinary(story.strip())
-        ids.append(EOT_ID)
-    return np.array(ids, dtype=DTYPE)
+    stories = [story.strip() for story in stories]
+    if not stories:
+        return np.empty(0, dtype=DTYPE)
+    if any(END_OF_TEXT in story for story in stories):
+        # Rare: a story that holds the marker's text must get its ordinary tokens, one by one.
+        return np.array([i for story in stories for i in enc.encode_ordinary(story) + [EOT_ID]],
+                        dtype=DTYPE)
+    # One call for the whole row: tiktoken encodes the text between two special tokens on its
+    # own, exactly as encode_ordinary encodes each story, and writes the ids straight into a
+    # numpy buffer instead of a Python int per token.
+    text = END_OF_TEXT.join(stories) + END_OF_TEXT
+    return enc.encode_to_numpy(text, allowed_special={END_OF_TEXT}).astype(DTYPE)
 
 
 def _encoded_rows(story_lists) -> dict:
@@ -154,17 +170,9 @@ def _encoded_rows(story_lists) -> dict:
     return {"ids": ids, "len": [len(x) for x in ids], "stories": counts}
 
 
-def _stories_in_range(path, start, end, separator):
-    with open(path, "rb") as f:
-        f.seek(start)
-        text = f.read(end - start).decode("utf-8")  # ranges end at line ends: whole characters
-    # Lines as a text-mode file gives them (universal newlines), so the split is iter_stories'.
-    return stories_in_lines(io.StringIO(text, newline=None), separator)
-
-
 def tokenize_chunks(batch):
     """datasets.map function for text files: each row is a byte range of a file."""
-    return _encoded_rows(_stories_in_range(*row) for row in
+    return _encoded_rows(stories_in_range(*row) for row in
                          zip(batch["path"], batch["start"], batch["end"], batch["separator"]))
 
 
@@ -189,9 +197,9 @@ def tokenize(dataset, num_proc, desc, cache_file=None, work_bytes=None):
 
 # --- writing ----------------------------------------------------------------------------------
 
-def shard_tokens(shard) -> np.ndarray:
-    """The ids of a shard's stories, end to end (Arrow flattens them without Python lists)."""
-    return pc.list_flatten(shard["ids"]).to_numpy()
+def row_tokens(rows) -> np.ndarray:
+    """The ids of a batch of rows, end to end (Arrow flattens them without Python lists)."""
+    return pc.list_flatten(rows["ids"]).to_numpy()
 
 
 def write_tokens(tokenized, path: Path) -> int:
@@ -203,11 +211,12 @@ def write_tokens(tokenized, path: Path) -> int:
     part = path.with_name(path.name + ".part")
     try:
         arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
-        num_shards = max(1, min(1024, len(tokenized)))  # rows are at most ~CHUNK_BYTES of text
         idx = 0
-        for i in tqdm(range(num_shards), desc=f"writing {path.name}"):
-            shard = tokenized.shard(num_shards=num_shards, index=i, contiguous=True)
-            ids = shard_tokens(shard)
+        # One row (at most ~CHUNK_BYTES of text) at a time, read from datasets' memory-mapped
+        # Arrow file, so the ids never all sit in RAM.
+        for rows in tqdm(tokenized.iter(batch_size=1), total=len(tokenized),
+                         desc=f"writing {path.name}"):
+            ids = row_tokens(rows)
             arr[idx:idx + len(ids)] = ids
             idx += len(ids)
         if idx != total:

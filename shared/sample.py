@@ -13,8 +13,9 @@ import sys
 import torch
 
 from shared.device import get_device
+from shared.download import DownloadError
 from shared.generate import check_prompt, check_sampling, generate_stream
-from shared.gpt2 import GPT2_SIZES, load_pretrained_gpt2
+from shared.gpt2 import GPT2_SIZES, CorruptCheckpointError, load_pretrained_gpt2
 from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
 
 
@@ -59,9 +60,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args, tokenizer = parse_args(argv)
-    device = get_device(args.device)
-    model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device)
+    try:  # downloads and the device: the message says it all, no traceback
+        args, tokenizer = parse_args(argv)
+        device = get_device(args.device)  # ValueError: no such device here
+        model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device)
+    except (DownloadError, CorruptCheckpointError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     if args.seed is not None:
         torch.manual_seed(args.seed)
 

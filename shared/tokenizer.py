@@ -68,4 +68,11 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer) -> str:
     ids = token_ids.squeeze(0) if token_ids.dim() == 2 else token_ids
     if ids.dim() != 1:
         raise ValueError(f"token_ids_to_text decodes one sequence; got shape {tuple(token_ids.shape)}")
-    return tokenizer.decode(ids.tolist())
+    ids = ids.tolist()
+    bad = [i for i in ids if not 0 <= i < tokenizer.n_vocab]
+    if bad:  # tiktoken's own error is a bare KeyError (or OverflowError for a negative id)
+        raise ValueError(
+            f"token id {bad[0]} is outside the tokenizer's vocabulary [0, {tokenizer.n_vocab}); "
+            "a model with a padded vocabulary (e.g. 50304 rows) can emit ids that no text maps "
+            "to: sample with shared.generate.generate, which never picks them")
+    return tokenizer.decode(ids)

@@ -5,8 +5,9 @@
     python -m shared.train_tinystories --data-dir data/tinystories --out-dir runs/ts30m --resume
 
 The default model is the chapter's ~30M one, in its modern form (RoPE, RMSNorm): emb_dim 384,
-6 layers of 6 heads, the vocabulary padded to 50304 (a multiple of 64, for faster matmuls) and the
-output head tied to the token embedding, 29,952,384 parameters (the original run had 29,959,680).
+6 layers of 6 heads, the vocabulary padded to 50304 (PADDED_VOCAB_SIZE, a multiple of 64, for
+faster matmuls) and the output head tied to the token embedding, 29,952,384 parameters (the
+original run had 29,959,680).
 With the defaults one step sees 32 x 512 = 16,384 tokens, and 20000 steps ~330M tokens.
 
 Every --eval-interval steps the run writes out_dir/best.pt (lowest val loss) and out_dir/last.pt;
@@ -37,6 +38,10 @@ from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
 from shared.tokenizer import GPT2_VOCAB_SIZE
 from shared.trainer import TrainConfig, train
 
+# GPT-2's 50257 token ids rounded up to the next multiple of 64 (786 x 64): the embedding and the
+# output head then split into whole tiles of the GPU's matrix-multiply kernels, which run faster
+# than on a ragged 50257 (nanoGPT pads the same way); the 47 spare rows are never a target.
+PADDED_VOCAB_SIZE = 50304
 DEFAULT_PARAMETERS = 29_952_384  # count_parameters of the default model (tests check it)
 
 
@@ -75,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m shared.train_tinystories",
         description="Pretrain a GPT with RoPE and RMSNorm on token files written by "
                     "shared.prepare_tinystories. The default size (emb 384, 6 layers, 6 heads, "
-                    f"vocab 50304, tied head) has {DEFAULT_PARAMETERS:,} parameters. Runs under "
-                    "torchrun --standalone --nproc_per_node N for several GPUs (or CPU processes).",
+                    f"vocab {PADDED_VOCAB_SIZE}, tied head) has {DEFAULT_PARAMETERS:,} parameters. "
+                    "Runs under torchrun --standalone --nproc_per_node N for several GPUs (or CPU "
+                    "processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data and checkpoints")
     io.add_argument("--data-dir", required=True, help="folder with train.bin and val.bin")
@@ -87,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--emb-dim", type=int, default=384)
     m.add_argument("--num-layers", type=int, default=6)
     m.add_argument("--num-heads", type=int, default=6)
-    m.add_argument("--vocab-size", type=int, default=50304,
-                   help="GPT-2's 50257 ids padded up to a multiple of 64")
+    m.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
+                   help=f"GPT-2's {GPT2_VOCAB_SIZE} ids padded up to a multiple of 64")
     m.add_argument("--dropout", type=float, default=0.0,
                    help="TinyStories is large enough that a 30M model does not overfit it")
     m.add_argument("--rope-theta", type=float, default=10000.0)
@@ -143,7 +149,8 @@ def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
         needed = json.loads(meta_path.read_text(encoding="utf-8")).get("vocab_size", 0)
         if needed > vocab_size:
             raise ValueError(f"{data_dir} holds ids up to {needed - 1}, but --vocab-size is "
-                             f"{vocab_size}; use --vocab-size {needed} or more (50304 for GPT-2)")
+                             f"{vocab_size}; use --vocab-size {needed} or more "
+                             f"({PADDED_VOCAB_SIZE} for GPT-2)")
 
 
 def main(argv=None):

@@ -68,6 +68,9 @@ class TrainConfig:
         for name in ("warmup_iters", "patience", "weight_decay", "grad_clip", "min_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):  # AdamW's moment decay rates; 1 would never forget
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.learning_rate:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.min_lr > self.learning_rate:

@@ -64,6 +64,19 @@ def test_drop_last_with_too_few_windows_raises():
                              tokenizer=CountingTokenizer())
 
 
+def test_a_path_instead_of_the_text_is_refused(tmp_path, tokenizer):
+    """A path (Path or str) would be tokenised as a short text of its own; say how to read it."""
+    path = tmp_path / "story.txt"
+    path.write_text(numbers(50), encoding="utf-8")
+    with pytest.raises(TypeError, match=r"Path\(p\)\.read_text"):
+        create_dataloader_v1(path, batch_size=1, max_length=4, stride=4)
+    with pytest.raises(ValueError, match=r"path of a file.*Path\(p\)\.read_text"):
+        create_dataloader_v1(str(path), batch_size=1, max_length=4, stride=4)
+    # Text is never taken for a path: not with a newline, not when no such file exists.
+    assert len(GPTDatasetV1(numbers(50) + "\n", CountingTokenizer(), 4, 4)) == 12
+    assert len(GPTDatasetV1(numbers(50), CountingTokenizer(), 4, 4)) == 12
+
+
 @pytest.fixture(scope="module")
 def verdict_split(verdict_text):
     split = int(0.9 * len(verdict_text))  # chapter 5: 90 % of the characters for training

@@ -160,6 +160,11 @@ def test_zero_new_tokens_returns_prompt(model):
     (dict(temperature=float("nan")), "NaN"),
     (dict(idx=torch.tensor([[1.0, 2.0]])), "integer token ids"),
     (dict(idx=torch.tensor([[1, 10**6]])), r"token ids must lie in \[0, "),
+    # An eos_id the model never samples would never stop generation.
+    (dict(eos_id=TINY["vocab_size"]), r"eos_id must be a token id .*\[0, 64\), got 64"),
+    (dict(eos_id=-1), r"eos_id .*got -1"),
+    # Checked up front: these short runs never outgrow the 16-token context to hit the model's check.
+    (dict(context_size=17), "context_size 17 exceeds the model's context length 16; use at most"),
 ])
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_bad_arguments_raise(model, kwargs, message, use_cache):
@@ -175,3 +180,5 @@ def test_generate_text_simple_checks_its_arguments(model):
         generate_text_simple(model, torch.tensor([1, 2]), 3, 16)
     with pytest.raises(ValueError, match="context_size"):
         generate_text_simple(model, torch.tensor([[1, 2]]), 3, 0)
+    with pytest.raises(ValueError, match="context_size 17 exceeds"):
+        generate_text_simple(model, torch.tensor([[1, 2]]), 3, 17)

@@ -78,6 +78,26 @@ def test_block_count_and_architecture_are_checked():
             load_weights_into_gpt(GPTModel({**cfg, **change}), params)
 
 
+def test_missing_and_misshapen_arrays_are_named(tf_vars, tmp_path):
+    """Not a bare KeyError('blocks'): the message names the arrays and where params come from,
+    and nothing is replaced before the check, so the model is left as it was."""
+    gpt = GPTModel(config_from_hparams(SHAPES["124M"]))
+    with pytest.raises(ValueError, match=r"lacks 28 of the 28 GPT-2 arrays \(wte, wpe, g, b, "
+                                         r"\.\.\.\).*download_and_load_gpt2"):
+        load_weights_into_gpt(gpt, {})
+    _, params = download_and_load_gpt2("124M", tmp_path, progress=False)
+    c_fc = params["blocks"][1]["mlp"]["c_fc"]
+    bias = c_fc.pop("b")
+    with pytest.raises(ValueError, match=r"lacks 1 of the 28 GPT-2 arrays \(blocks\.1\.mlp\.c_fc\.b\)"):
+        load_weights_into_gpt(gpt, params)
+    c_fc["b"] = bias[:-1]
+    embedding = gpt.tok_emb.weight
+    with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.c_fc\.b is \(127,\), the model needs "
+                                         r"\(128,\).*config_from_hparams"):
+        load_weights_into_gpt(gpt, params)
+    assert gpt.tok_emb.weight is embedding  # the earlier arrays were not loaded either
+
+
 def test_every_parameter_is_assigned(tf_vars, tmp_path):
     settings, params = download_and_load_gpt2("124M", tmp_path, progress=False)
     gpt = GPTModel(config_from_hparams(settings))

@@ -168,3 +168,16 @@ def test_command_line(mirror, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--model-size", "2B"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 2 and "invalid choice: '2B'" in run.stderr
+
+
+def test_command_line_failed_download_is_one_message_without_traceback(tmp_path):
+    """The DownloadError already lists every source and what to do; a traceback would bury it."""
+    code = ("import sys, gpt_download, shared.download as d\n"
+            "def offline(url, *args, **kwargs): raise d._SourceError('offline (test)')\n"
+            "d._fetch_with_retries = offline\n"
+            "sys.exit(gpt_download.main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": str(tmp_path / "empty-mirror")}
+    run = subprocess.run([sys.executable, "-c", code, "--models-dir", str(tmp_path / "models")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("error: could not download") and "LLM_MIRROR" in run.stderr

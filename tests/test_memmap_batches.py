@@ -82,6 +82,13 @@ def test_bad_sizes_are_rejected(token_file, batch_size, block_size):
         get_batch(load_tokens(token_file[0]), batch_size, block_size)
 
 
+def test_a_2d_array_is_refused(token_file):
+    """Rows of a 2-D array would silently become windows of rows: (B, T, columns) batches."""
+    _, data = token_file
+    with pytest.raises(ValueError, match=r"1-D array of token ids.*\(100, 20\).*reshape\(-1\)"):
+        get_batch(data.reshape(100, 20), 2, 8)
+
+
 def test_load_tokens_reads_dtype_from_meta_json(tmp_path):
     data = np.array([70000, 1, 2, 100000, 5], dtype=np.uint32)  # ids a 16-bit file could not hold
     data.tofile(tmp_path / "train.bin")

@@ -240,3 +240,12 @@ def test_bad_input_raises():
     for bad in (TINY["vocab_size"], -1):  # would be an IndexError deep inside the embedding
         with pytest.raises(ValueError, match=rf"\[0, {TINY['vocab_size']}\).*{bad}"):
             model(torch.tensor([[1, bad, 2]]))
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_ids_on_another_device_raise(device):
+    """Ids on another device than the model get told to move (torch's own message does not say
+    how). "meta" stands in for a GPU on a CPU-only machine."""
+    with pytest.raises(ValueError, match=rf"idx is on {device}.*the model is on cpu.*\.to\(device\)"):
+        tiny_model()(torch.zeros(1, 3, dtype=torch.long, device=device))

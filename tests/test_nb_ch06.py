@@ -4,8 +4,10 @@ import re
 import nbformat
 import numpy as np
 import pytest
+import torch
 
 from nbrun import REPO, cell_text, run_notebook
+from shared.train_tinystories import build_parser, model_config
 
 NOTEBOOK = "ch06_modernizing.ipynb"
 TINY = {"emb_dim": 32, "num_layers": 1, "num_heads": 2, "context_length": 32}
@@ -30,6 +32,8 @@ def test_final_pieces_are_imported_not_pasted():
     for name in ("RotaryEmbedding", "GPTModel", "KVCache", "TransformerBlock"):
         assert not re.search(rf"^class {name}\b", source, re.M)
     assert "from shared.prepare_tinystories import" in source and "from shared.trainer import" in source
+    # section 6's model is the command line's, from the function that builds it there
+    assert re.search(r"^modern_cfg = model_config\(", source, re.M)
 
 
 @pytest.mark.slow
@@ -69,7 +73,13 @@ def test_runs_on_the_tinystories_sample(tmp_path, tinystories_sample, tokenizer)
     initial = float(re.search(r"loss before training: ([\d.]+)", text).group(1))
     default = float(re.search(r"PyTorch default init: loss ([\d.]+)", text).group(1))
     assert abs(initial - np.log(50304)) < 0.3 and default > initial + 5
-    assert (tmp_path / "runs" / "ch06" / "modern" / "best.pt").is_file()
+    best = torch.load(tmp_path / "runs" / "ch06" / "modern" / "best.pt", weights_only=True)
+    size = params["model_size"]  # the model trained is the command line's, at this size
+    cli = build_parser().parse_args([
+        "--data-dir", "d", "--out-dir", "o", "--emb-dim", str(size["emb_dim"]),
+        "--num-layers", str(size["num_layers"]), "--num-heads", str(size["num_heads"]),
+        "--block-size", str(size["context_length"])])
+    assert best["extra"]["model_config"] == model_config(cli)
     assert text.count("--- prompt") == 3
 
     # 7: the KV cache gives the same tokens

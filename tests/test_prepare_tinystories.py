@@ -3,6 +3,7 @@
 The reference for every token file is computed here, independently: split the text with a regex,
 encode each story with the tokenizer's encode_ordinary, append 50256.
 """
+import io
 import json
 import os
 import re
@@ -33,6 +34,21 @@ def reference_stories(text, separator):
     return [p.strip() for p in parts if p.strip()]
 
 
+def stories_line_by_line(text, separator):
+    """The definition, read line by line as a text-mode file gives them: a line whose strip() is
+    empty (blank lines) or is exactly <|endoftext|> (marker lines) ends a story."""
+    ends_story = "<|endoftext|>" if separator == prep.EOT_LINES else ""
+    stories, lines = [], []
+    for line in io.StringIO(text, newline=None):
+        if line.strip() == ends_story:
+            stories.append("".join(lines).strip())
+            lines = []
+        else:
+            lines.append(line)
+    stories.append("".join(lines).strip())
+    return [s for s in stories if s]
+
+
 def reference_tokens(stories, tokenizer):
     ids = []
     for story in stories:
@@ -50,7 +66,7 @@ def official_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, tinystories_sample):
-    """The real sample prepared once with num_proc=1, in several shards."""
+    """The real sample prepared once with num_proc=1, in several rows."""
     out = tmp_path_factory.mktemp("sample1")
     mp = pytest.MonkeyPatch()
     mp.setattr(prep, "CHUNK_BYTES", 30_000)  # rows of ~30 KB of text, written one by one
@@ -111,11 +127,39 @@ def test_chunk_ranges_cut_only_between_stories(tmp_path, chunk_bytes):
         ranges = prep.chunk_ranges(path, separator, chunk_bytes)
         assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
-        stories = [s for r in ranges for s in prep._stories_in_range(path, *r, separator)]
-        assert stories == list(prep.iter_stories(path, separator)), (separator, chunk_bytes)
+        stories = [s for r in ranges for s in prep.stories_in_range(path, *r, separator)]
+        assert stories == stories_line_by_line(text, separator), (separator, chunk_bytes)
+        assert list(prep.iter_stories(path, separator)) == stories
         assert len(stories) >= 3
         if chunk_bytes == 1:
             assert len(ranges) >= len(stories)  # every story in a row of its own
+
+
+# Lines that only whitespace of many kinds makes blank, markers with spaces around them, lone \r
+# line ends, a marker that is only part of a line, and no newline at the very end.
+TRICKY_TEXT = ("\n \t\nOne\u00a0story\r\n\x0c\r\nstill one\u2028line \n\u00a0\u3000\n"
+               "Two\r\rthree <|endoftext|> inline\n  <|endoftext|>\t\r\nfour\n<|endoftext|>x\n"
+               "\n\n\nfive\n <|endoftext|>")
+
+
+@pytest.mark.parametrize("separator", [prep.BLANK_LINES, prep.EOT_LINES])
+def test_split_stories_follows_the_line_by_line_definition(separator):
+    expected = stories_line_by_line(TRICKY_TEXT, separator)
+    assert len(expected) >= 2
+    assert prep.split_stories(TRICKY_TEXT, separator) == expected
+    for text in ("", "\n\n", " <|endoftext|> \n", "only\n"):
+        assert prep.split_stories(text, separator) == stories_line_by_line(text, separator)
+
+
+def test_encode_stories_equals_encoding_each_story(tokenizer):
+    """One tiktoken call per row gives exactly each story's encode_ordinary + 50256, also when a
+    story holds the marker's text (encoded as ordinary text, never as the special token)."""
+    stories = prep.split_stories(TRICKY_TEXT, prep.BLANK_LINES) + OFFICIAL_STORIES[:2]
+    for case in (stories, stories + OFFICIAL_STORIES[2:], [" padded story \n"], []):
+        got = prep.encode_stories(case)
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got.astype(np.int64),
+                                      reference_tokens([s.strip() for s in case], tokenizer))
 
 
 # --- the token files ------------------------------------------------------------------------------
@@ -211,16 +255,16 @@ def test_changed_input_rebuilds(official_files, tmp_path, tokenizer):
     assert meta["splits"]["val"]["story_separator"] == prep.BLANK_LINES
 
 
-def crash_on_second_shard(monkeypatch):
-    real, calls = prep.shard_tokens, []
+def crash_on_second_row(monkeypatch):
+    real, calls = prep.row_tokens, []
 
-    def flaky(shard):
+    def flaky(rows):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("simulated crash while writing")
-        return real(shard)
-    monkeypatch.setattr(prep, "shard_tokens", flaky)
-    monkeypatch.setattr(prep, "CHUNK_BYTES", 1)  # one row, and one shard, per story
+        return real(rows)
+    monkeypatch.setattr(prep, "row_tokens", flaky)
+    monkeypatch.setattr(prep, "CHUNK_BYTES", 1)  # one row per story
 
 
 def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files, tmp_path,
@@ -228,7 +272,7 @@ def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files
     out = tmp_path / "out"
     prep.prepare(out, *official_files)  # a complete dataset from older inputs...
     official_files[0].write_text(OFFICIAL_TEXT + "One more story.\n", encoding="utf-8")
-    crash_on_second_shard(monkeypatch)
+    crash_on_second_row(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prep.prepare(out, *official_files)  # ...is being rebuilt when the crash comes
     assert not any((out / n).exists() for n in ("train.bin", "val.bin", "meta.json"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import shared.download
 import shared.sample
 from fake_gpt2 import hf_gpt2_from_tf_variables, write_fake_gpt2
 from shared.generate import generate
@@ -104,6 +105,18 @@ def test_decode_stream_holds_back_split_characters(tokenizer):
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
 
 
+def test_failed_download_exits_with_its_message(tokenizer, monkeypatch, tmp_path):
+    """A DownloadError becomes `error: <message>` and exit status 1, not a traceback."""
+    def offline(url, *args, **kwargs):
+        raise shared.download._SourceError("offline (test)")
+    monkeypatch.setattr(shared.download, "_fetch_with_retries", offline)
+    monkeypatch.setenv("LLM_MIRROR", str(tmp_path / "empty-mirror"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(tmp_path / "models"), "--device", "cpu"])
+    message = str(exit_.value.code)  # python prints a str exit code to stderr and exits with 1
+    assert message.startswith("error: could not download") and "124M/checkpoint" in message
+
+
 @pytest.mark.parametrize("args, message", [
     (["--temperature", "-1"], "temperature must be >= 0"),
     (["--top-k", "0"], "top_k must be a positive"),
@@ -116,3 +129,11 @@ def test_bad_arguments_fail_before_loading(args, message, capsys, monkeypatch, t
     with pytest.raises(SystemExit) as exit_:
         main(["--models-dir", str(tmp_path), *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unavailable_device_exits_with_its_message(tokenizer, monkeypatch):
+    """Asking for a GPU this PyTorch cannot see gives get_device's advice, not a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--device", "cuda"])
+    assert str(exit_.value.code).startswith("error: device 'cuda' was asked for")

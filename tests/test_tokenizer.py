@@ -91,3 +91,11 @@ def test_token_ids_to_text_round_trip(tokenizer):
 def test_get_tokenizer_is_cached():
     """Built once per process: the notebooks call it freely."""
     assert get_tokenizer() is get_tokenizer()
+
+
+@pytest.mark.parametrize("bad", [GPT2_VOCAB_SIZE, 50303, -1])
+def test_token_ids_to_text_names_an_id_outside_the_vocabulary(tokenizer, bad):
+    """A padded vocabulary (50304 rows) has ids no text maps to; tiktoken would raise a bare
+    KeyError (or OverflowError) that names neither the valid range nor a way out."""
+    with pytest.raises(ValueError, match=rf"token id {bad} .*\[0, 50257\).*generate"):
+        token_ids_to_text(torch.tensor([15496, bad]), tokenizer)

@@ -12,10 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from shared import train_tinystories
+from shared.data import get_batch, load_tokens
 from shared.model import GPTModel, count_parameters
 from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
-from shared.train_tinystories import DEFAULT_PARAMETERS, build_parser, main, model_config
+from shared.train_tinystories import (DEFAULT_PARAMETERS, PADDED_VOCAB_SIZE, build_parser, main,
+                                      model_config, train_config)
+from shared.trainer import clip_and_step, configure_optimizer, get_lr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +59,23 @@ def test_default_model_is_the_stated_30m(capsys):
         build_parser().parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert f"{tied:,}" in help_text and f"{untied:,}" in help_text
+
+
+def test_padded_vocabulary_is_one_named_constant(tmp_path, monkeypatch):
+    # GPT-2's ids rounded up to the next multiple of 64
+    assert PADDED_VOCAB_SIZE % 64 == 0
+    assert PADDED_VOCAB_SIZE - 64 < GPT2_VOCAB_SIZE <= PADDED_VOCAB_SIZE
+    # The default, the help text and the error message all follow the constant: change it, and
+    # none of them still says 50304.
+    monkeypatch.setattr(train_tinystories, "PADDED_VOCAB_SIZE", 51200)
+    parser = build_parser()
+    assert parser.parse_args(["--data-dir", "d", "--out-dir", "o"]).vocab_size == 51200
+    help_text = " ".join(parser.format_help().split())
+    assert "vocab 51200" in help_text and "(default: 51200)" in help_text
+    assert "50304" not in help_text
+    (tmp_path / "meta.json").write_text(json.dumps({"vocab_size": GPT2_VOCAB_SIZE}))
+    with pytest.raises(ValueError, match=r"--vocab-size 50257 or more \(51200 for GPT-2\)"):
+        train_tinystories._check_vocabulary(tmp_path, 1000)
 
 
 def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
@@ -112,3 +134,70 @@ def test_ddp_on_two_cpu_processes_trains_and_resumes(data_dir, tmp_path):
     assert second["history"]["iters"] == [0, 4, 8]
     assert second["history"]["val_losses"][:2] == first["history"]["val_losses"]
     assert second["history"]["val_losses"][-1] < first["history"]["val_losses"][-1]
+
+
+def replay_steps(args, train_data, ranks):
+    """The steps of a `--max-iters` run, by hand in one process, on the batches `ranks` would draw.
+
+    Each micro-batch is the concatenation of those ranks' micro-batches; the gradient is written
+    out here rather than taken from forward_backward, the code under test. Returns the weights,
+    and for every step the loss of rank 0's own micro-batches and the gradient norm: what rank 0
+    logs.
+    """
+    cfg = train_config(args, torch.device("cpu"))
+    torch.manual_seed(args.seed)  # as main(): the same initial weights on every rank
+    model = GPTModel(model_config(args))
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.learning_rate,
+                                    (cfg.beta1, cfg.beta2), "cpu")
+    streams = [torch.Generator().manual_seed(cfg.seed + rank) for rank in ranks]  # as train()
+    rank0_losses, grad_norms = [], []
+    for it in range(cfg.max_iters):
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(it, cfg)
+        per_rank = [[get_batch(train_data, cfg.batch_size, cfg.block_size, "cpu", g)
+                     for _ in range(cfg.grad_accum_steps)] for g in streams]
+        k = cfg.grad_accum_steps
+        with torch.no_grad():
+            rank0_losses.append(sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+                                    for x, y in per_rank[0]) / k)
+        for micro in zip(*per_rank):  # micro-batch i of every rank, concatenated
+            x, y = torch.cat([x for x, _ in micro]), torch.cat([y for _, y in micro])
+            (F.cross_entropy(model(x).flatten(0, 1), y.flatten()) / k).backward()
+        grad_norms.append(clip_and_step(model, optimizer, cfg.grad_clip))
+    return model.state_dict(), rank0_losses, grad_norms
+
+
+def test_ddp_averages_gradients_across_ranks(data_dir, tmp_path):
+    """Two ranks on their own batches take exactly the step of one process on both batches.
+
+    DDP must average the ranks' gradients (all-reduce, then divide by the world size) once per
+    optimizer step, after the last micro-batch. Rank 0's weights, and the gradient norm it logs,
+    then match a single process whose micro-batches are the two ranks' micro-batches concatenated:
+    the gradient of a mean over 2B windows is the mean of the two B-window gradients. A missing
+    all-reduce, a sum instead of a mean (Adam's update hardly changes when every gradient doubles;
+    the logged gradient norm does) or the same batches on both ranks would each break the match.
+    """
+    out = tmp_path / "ddp-grads"
+    flags = ["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2",
+             "--eval-interval", "2", "--grad-accum", "2", "--dropout", "0", *TINY]
+    torchrun(flags)
+    saved = torch.load(out / "last.pt", weights_only=True)
+    weights, history = saved["model_state_dict"], saved["extra"]["history"]
+    assert saved["extra"]["iter_num"] == 2
+
+    args = build_parser().parse_args(flags)
+    train_data = load_tokens(data_dir / "train.bin")
+    both, rank0_losses, grad_norms = replay_steps(args, train_data, ranks=(0, 1))
+    assert weights.keys() == both.keys()
+    atol = 2e-6  # float32 sums in another order: measured 3e-7 after two steps of lr 1e-2
+    for name in both:
+        torch.testing.assert_close(weights[name], both[name], rtol=0, atol=atol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert history["grad_norms"] == pytest.approx(grad_norms, rel=1e-5)
+    assert history["step_losses"] == pytest.approx(rank0_losses, rel=1e-5)  # rank 0's own batches
+
+    # The tolerance tells the two apart: rank 0's batches alone give other weights.
+    alone, _, alone_norms = replay_steps(args, train_data, ranks=(0,))
+    worst = max((weights[name] - alone[name]).abs().max().item() for name in alone)
+    assert worst > 1000 * atol
+    assert history["grad_norms"] != pytest.approx(alone_norms, rel=1e-3)

@@ -71,6 +71,15 @@ def test_config_rejects_bad_values(bad):
         TrainConfig(**bad)
 
 
+@pytest.mark.parametrize("name,value", [("beta1", 1.0), ("beta1", -0.1), ("beta2", 1.5),
+                                        ("beta2", math.nan)])
+def test_config_rejects_betas_outside_0_1(name, value):
+    # at construction, with the field named, not from torch.optim.AdamW inside train()
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{name} must be in \[0, 1\)"):
+        TrainConfig(**{name: value})
+    TrainConfig(beta1=0.0, beta2=0.999)  # the edges of the range that AdamW accepts
+
+
 @pytest.mark.parametrize("tie_weights", [False, True])
 def test_optimizer_decays_matrices_and_embeddings_only(tie_weights):
     model = tiny_model(64, tie_weights=tie_weights, qkv_bias=True)
