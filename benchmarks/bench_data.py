@@ -118,10 +118,15 @@ def bench_prepare(args, workdir: Path, device):
               fmt_num(alone_rate[n]), f"{alone_rate[n] / alone_rate[base]:.2f}x", "", ""]
              for n, t in alone_times.items()]
     for n in args.num_proc:
-        if n > 1:
+        if n > 1 and base == 1:
             startup = bench_pool_startup(n, workdir, device, args.repeats + 1)
             rows.append([f"datasets.map start-up, num_proc={n}, no work", "16 empty rows",
                          fmt_num(median(startup)), spread(startup), "", "", "", ""])
+            # Even if every other part of the run split perfectly over n processes:
+            t1 = median(times[base])
+            best = t1 / n + median(startup)
+            rows.append([f"bound for num_proc={n}: t1 / {n} + start-up", "", fmt_num(best), "",
+                         fmt_num(tokens[base] / best), f"{t1 / best:.2f}x", "", ""])
     targets = [Target(f"preparation tokens/s: num_proc={n} / num_proc={base}", rate[n] / rate[base],
                       PREP_TARGET) for n in args.num_proc if n == 2 and base == 1]
     note = (f"preparation: {args.prep_mb:g} MB of TinyStories text (the sample repeated) + the "

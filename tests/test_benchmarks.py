@@ -103,6 +103,8 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
         assert re.search(rf"\| {row} .*\| {ratio} +\| {ratio} +\| \d+% +\| (all|\(reference\))",
                          out), row
     assert re.search(rf"\| prepare_tinystories, num_proc=2 .*\| {ratio} +\|", out)
+    assert re.search(r"\| datasets.map start-up, num_proc=2, no work +\| 16 empty rows +\| [\d.]+ ", out)
+    assert re.search(rf"\| bound for num_proc=2: t1 / 2 \+ start-up .*\| {ratio} +\|", out)
     assert re.search(r"\| get_batch from load_tokens \(memmap\).*\| \d+ -> \d+ +\| [+-]\d+ +\|", out)
     # every target has a measured value and a verdict, and the runner returns them all
     assert len(targets) == 5
