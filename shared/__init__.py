@@ -8,6 +8,7 @@ Modules, in the order the book builds them:
     generate    greedy, temperature and top-k decoding, with an optional KV cache
     train       the simple training loop of chapter 5
     plotting    loss curves against epochs and tokens seen
+    files       atomic writes: a crash never leaves half a file under the real name
     checkpoint  atomic save, weights_only load
     gpt2        OpenAI GPT-2 configurations and the weight loader
     device      cuda, else mps, else cpu

@@ -1,9 +1,9 @@
 """Saving and restoring a model with its optimizer, atomically and without unpickling code."""
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from shared.files import atomic_path
 
 
 def unwrap_model(model):
@@ -26,17 +26,8 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     payload = {"model_state_dict": unwrap_model(model).state_dict(), "extra": extra}
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

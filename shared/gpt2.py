@@ -19,7 +19,6 @@ and the leading singleton dimension of the 1x1-convolution weights squeezed away
 """
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from shared.download import download_file
+from shared.files import atomic_path
 from shared.model import GPT_CONFIG_124M
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
@@ -186,14 +186,8 @@ def save_params_cache(params: dict, path) -> Path:
     from safetensors.numpy import save_file
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in _flatten(params).items()}, tmp)
-        os.replace(tmp, path)  # readers see no cache or a complete one, never half of one
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # readers see no cache or a complete one, never half of one
+        save_file({k: np.ascontiguousarray(v) for k, v in _flatten(params).items()}, str(tmp))
     return path
 
 

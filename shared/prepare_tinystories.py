@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from shared.files import atomic_path
 from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
 BASE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -208,8 +209,7 @@ def write_tokens(tokenized, path: Path) -> int:
     total = pc.sum(tokenized["len"]).as_py() or 0
     if total == 0:
         raise ValueError(f"no stories to write to {path}: is the input file empty?")
-    part = path.with_name(path.name + ".part")
-    try:
+    with atomic_path(path) as part:  # `path` appears only once complete
         arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
         idx = 0
         # One row (at most ~CHUNK_BYTES of text) at a time, read from datasets' memory-mapped
@@ -223,16 +223,12 @@ def write_tokens(tokenized, path: Path) -> int:
             raise RuntimeError(f"wrote {idx} tokens to {part}, expected {total}")
         arr.flush()
         del arr
-        os.replace(part, path)  # atomic: `path` exists only when complete
-    finally:
-        part.unlink(missing_ok=True)
     return total
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 # --- inputs and the up-to-date check -----------------------------------------------------------
@@ -336,9 +332,14 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
 
     # Rebuild. Remove the old outputs first: whatever a crash leaves under a final name is then
     # complete and from this run, and the missing meta.json marks the dataset as unfinished.
+    # Temporaries that a killed run left behind (a kill skips all clean-up) go too.
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("meta.json", "train.bin", "val.bin"):
         (out_dir / name).unlink(missing_ok=True)
+        for leftover in out_dir.glob(f"{name}.*.tmp"):
+            leftover.unlink()
+    for leftover in out_dir.glob(".prepare-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     get_tokenizer()  # load (or fetch) the BPE files once, before any worker starts
     # Arrow files of this run, in a fresh directory: datasets' cache could otherwise hand back
     # the stories of an older file that had the same path.

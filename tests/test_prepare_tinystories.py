@@ -276,7 +276,9 @@ def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files
     with pytest.raises(RuntimeError, match="simulated crash"):
         prep.prepare(out, *official_files)  # ...is being rebuilt when the crash comes
     assert not any((out / n).exists() for n in ("train.bin", "val.bin", "meta.json"))
-    (out / "train.bin.part").write_bytes(b"junk from a killed run")  # what SIGKILL would leave
+    # What SIGKILL would leave: a half-written temporary and datasets' scratch folder.
+    (out / "train.bin.x1y2z3.tmp").write_bytes(b"junk from a killed run")
+    (out / ".prepare-x1y2z3").mkdir()
     monkeypatch.undo()
     meta = prep.prepare(out, *official_files)
     tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)

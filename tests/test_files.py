@@ -1,0 +1,36 @@
+"""shared.files.atomic_path: the real name holds the old file or the complete new one, never a part."""
+import os
+import stat
+
+import pytest
+
+from shared.files import atomic_path
+
+
+def test_complete_write_replaces_the_file_with_the_usual_permissions(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("old")
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp != path
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # nothing visible until the block ends
+    assert path.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+
+
+def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "new.txt") as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
