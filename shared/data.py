@@ -75,6 +75,18 @@ def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=
 # np.memmap maps it into the address space and each batch copies only the B windows it needs, so a
 # 1 GB file costs no more RAM than a 1 MB one.
 
+def read_meta(data_dir) -> dict | None:
+    """The meta.json that shared.prepare_tinystories writes beside the token files (None if absent)."""
+    meta_path = Path(data_dir) / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err}); delete it and re-run "
+                         "`python -m shared.prepare_tinystories`") from err
+
+
 def load_tokens(path) -> np.memmap:
     """Map a token file read-only; its dtype comes from meta.json beside it (uint16 without one).
 
@@ -85,9 +97,8 @@ def load_tokens(path) -> np.memmap:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with `python -m shared.prepare_tinystories`")
     dtype, expected = np.dtype(np.uint16), None
-    meta_path = path.parent / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(path.parent)
+    if meta is not None:
         dtype = np.dtype(meta.get("dtype", "uint16"))
         split = next((s for s in meta.get("splits", {}).values() if s.get("file") == path.name), None)
         expected = split["tokens"] if split else None
@@ -96,7 +107,7 @@ def load_tokens(path) -> np.memmap:
         raise ValueError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; "
                          "re-run `python -m shared.prepare_tinystories`")
     if expected is not None and size != expected * dtype.itemsize:
-        raise ValueError(f"{path} holds {size // dtype.itemsize} tokens but {meta_path} says {expected}; "
+        raise ValueError(f"{path} holds {size // dtype.itemsize} tokens but meta.json says {expected}; "
                          "the file is incomplete or from another run: re-run "
                          "`python -m shared.prepare_tinystories`")
     return np.memmap(path, dtype=dtype, mode="r")

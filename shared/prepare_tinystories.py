@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from shared.data import read_meta
 from shared.files import atomic_path
 from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
@@ -244,12 +245,11 @@ def _file_source(path, url=None) -> dict:
 def up_to_date(out_dir: Path, sources: dict) -> dict | None:
     """meta.json's contents if it records these sources and both .bin files have the recorded
     size, else None."""
-    meta_path = out_dir / "meta.json"
-    if not meta_path.is_file():
-        return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        meta = read_meta(out_dir)
+    except ValueError:  # damaged: rebuild
+        return None
+    if meta is None:
         return None
     if meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(sources):
         return None

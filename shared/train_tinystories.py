@@ -25,14 +25,13 @@ gradients are averaged once per step; only rank 0 evaluates, logs and saves. --b
 NCCL is used on CUDA, gloo on the CPU.
 """
 import argparse
-import json
 import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from shared.data import load_tokens
+from shared.data import load_tokens, read_meta
 from shared.device import get_device
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
 from shared.tokenizer import GPT2_VOCAB_SIZE
@@ -144,9 +143,9 @@ def _saved_model_config(last_path: Path) -> dict:
 
 def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
     """The token ids in the files must fit the embedding; meta.json says how many there are."""
-    meta_path = data_dir / "meta.json"
-    if meta_path.is_file():
-        needed = json.loads(meta_path.read_text(encoding="utf-8")).get("vocab_size", 0)
+    meta = read_meta(data_dir)
+    if meta is not None:
+        needed = meta.get("vocab_size", 0)
         if needed > vocab_size:
             raise ValueError(f"{data_dir} holds ids up to {needed - 1}, but --vocab-size is "
                              f"{vocab_size}; use --vocab-size {needed} or more "

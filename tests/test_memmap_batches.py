@@ -107,6 +107,13 @@ def test_load_tokens_rejects_a_file_that_disagrees_with_meta_json(tmp_path):
         load_tokens(tmp_path / "train.bin")
 
 
+def test_damaged_meta_json_says_to_re_run_prepare(tmp_path):
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    (tmp_path / "meta.json").write_text('{"dtype": "uint16", "splits": ')  # cut short by a crash
+    with pytest.raises(ValueError, match=r"meta.json is not valid JSON .*re-run `python -m shared.prepare_tinystories`"):
+        load_tokens(tmp_path / "train.bin")
+
+
 def test_load_tokens_rejects_missing_empty_and_odd_sized_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_tinystories"):
         load_tokens(tmp_path / "nope.bin")

@@ -245,6 +245,16 @@ def test_rerun_with_the_same_inputs_touches_nothing(official_files, tmp_path, mo
     assert file_state(out) == before
 
 
+def test_damaged_meta_json_rebuilds(official_files, tmp_path, tokenizer):
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)
+    (out / "meta.json").write_text('{"format": 1, "splits": ')  # cut short
+    meta = prep.prepare(out, *official_files)
+    assert meta == json.loads((out / "meta.json").read_text())
+    tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
+
+
 def test_changed_input_rebuilds(official_files, tmp_path, tokenizer):
     out = tmp_path / "out"
     prep.prepare(out, *official_files)
