@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmarks.common import progress, run_benchmark, targets_markdown
+from benchmarks.common import int_at_least, progress, run_benchmark, targets_markdown
 
 BENCHMARKS = ["train", "generate", "data"]
 
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS,
                    help="which benchmarks to run (default: all three)")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="torch.set_num_threads for every benchmark (default: all cores)")
     p.add_argument("--out", help="also write the markdown report to this file")
     p.add_argument("--in-process", action="store_true",

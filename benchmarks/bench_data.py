@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               rss_mb, setup, spread, print_report, time_alternating)
+from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
+                               median, positive_float, print_report, progress, rss_mb, setup,
+                               spread, time_alternating)
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 PREP_TARGET = 1.7      # 2 processes / 1 process, tokens per second
@@ -42,15 +43,15 @@ def parse_args(argv=None):
     common_args(p)
     p.add_argument("--sample-dir", type=Path, default=SAMPLE_DIR,
                    help="folder with tinystories-sample-train.txt and tinystories-sample-valid.txt")
-    p.add_argument("--prep-mb", type=float, default=16.0,
+    p.add_argument("--prep-mb", type=positive_float, default=16.0,
                    help="size of the training text to tokenise (prepare_tinystories uses one "
                         "process per 2 MB at most, so below 4 MB num_proc=2 runs as 1)")
-    p.add_argument("--num-proc", type=int, nargs="+", default=[1, 2],
+    p.add_argument("--num-proc", type=int_at_least(1), nargs="+", default=[1, 2],
                    help="tokeniser process counts to compare; the first is the baseline")
-    p.add_argument("--memmap-mb", type=float, default=300.0, help="size of the token file")
-    p.add_argument("--batches", type=int, default=2000, help="batches drawn per timed run")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--block-size", type=int, default=1024)
+    p.add_argument("--memmap-mb", type=positive_float, default=300.0, help="size of the token file")
+    p.add_argument("--batches", type=int_at_least(1), default=2000, help="batches drawn per timed run")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument("--block-size", type=int_at_least(1), default=1024)
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the text and token files go (default: a temporary folder, removed)")
     args = p.parse_args(argv)
@@ -129,9 +130,10 @@ def bench_prepare(args, workdir: Path, device):
                          fmt_num(tokens[base] / best), f"{t1 / best:.2f}x", "", ""])
     targets = [Target(f"preparation tokens/s: num_proc={n} / num_proc={base}", rate[n] / rate[base],
                       PREP_TARGET) for n in args.num_proc if n == 2 and base == 1]
-    note = (f"preparation: {args.prep_mb:g} MB of TinyStories text (the sample repeated) + the "
-            f"validation sample, {tokens[base]:,} tokens; tokens/s over the whole run (read, "
-            f"tokenise, write); median of {args.repeats} alternated runs after one warm-up each. "
+    note = (f"preparation: {round(train_txt.stat().st_size / 1e6, 1):g} MB of TinyStories text "
+            f"(the sample repeated) + the validation sample, {tokens[base]:,} tokens; tokens/s "
+            f"over the whole run (read, tokenise, write); median of {args.repeats} alternated "
+            f"runs after one warm-up each. "
             f"tokenising alone: the training text's ~1 MB rows of stories, split and in memory, "
             f"encoded with the workers' own call (encode_stories) and shared evenly over "
             f"worker processes started and warmed up before the timing. datasets.map start-up: a map "

@@ -18,8 +18,9 @@ import argparse
 
 import torch
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               print_report, setup, shape_name, spread, time_alternating)
+from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
+                               median, print_report, progress, setup, shape_name, spread,
+                               time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.generate import generate
 from shared.model import GPT_CONFIG_124M, GPTModel
@@ -33,16 +34,18 @@ FLOOR = "floor: every weight matrix read once per token"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(p)
-    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--new-tokens", type=int_at_least(1), default=256)
     p.add_argument("--prompt", default="Every effort moves you")
-    p.add_argument("--no-cache-repeats", type=int, default=1,
+    p.add_argument("--no-cache-repeats", type=int_at_least(1), default=1,
                    help="timed runs of the slow uncached path (default 1)")
-    p.add_argument("--check-tokens", type=int, default=64,
+    p.add_argument("--check-tokens", type=int_at_least(0), default=64,
                    help="the first N tokens must be identical across the three (default 64)")
-    p.add_argument("--emb-dim", type=int, default=GPT_CONFIG_124M["emb_dim"])
-    p.add_argument("--num-layers", type=int, default=GPT_CONFIG_124M["num_layers"])
-    p.add_argument("--num-heads", type=int, default=GPT_CONFIG_124M["num_heads"])
+    p.add_argument("--emb-dim", type=int_at_least(1), default=GPT_CONFIG_124M["emb_dim"])
+    p.add_argument("--num-layers", type=int_at_least(1), default=GPT_CONFIG_124M["num_layers"])
+    p.add_argument("--num-heads", type=int_at_least(1), default=GPT_CONFIG_124M["num_heads"])
     args = p.parse_args(argv)
+    if args.emb_dim % args.num_heads:
+        p.error(f"--emb-dim {args.emb_dim} must be divisible by --num-heads {args.num_heads}")
     if args.repeats is None:
         args.repeats = 3
     return args

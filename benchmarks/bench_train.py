@@ -20,8 +20,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, machine, median, progress,
-                               print_report, setup, shape_name, spread, time_alternating)
+from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
+                               median, print_report, progress, setup, shape_name, spread,
+                               time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
 
@@ -33,19 +34,23 @@ HF = "HF GPT2LMHeadModel (sdpa), tied head"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(p)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    p.add_argument("--batch-size", type=int_at_least(1), default=2)
+    p.add_argument("--seq-len", type=int_at_least(1), default=128)
+    p.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed steps per variant")
     p.add_argument("--dropout", type=float, default=0.0, help="same for every model")
-    p.add_argument("--emb-dim", type=int, default=GPT_CONFIG_124M["emb_dim"])
-    p.add_argument("--num-layers", type=int, default=GPT_CONFIG_124M["num_layers"])
-    p.add_argument("--num-heads", type=int, default=GPT_CONFIG_124M["num_heads"])
-    p.add_argument("--vocab-size", type=int, default=GPT_CONFIG_124M["vocab_size"])
+    p.add_argument("--emb-dim", type=int_at_least(1), default=GPT_CONFIG_124M["emb_dim"])
+    p.add_argument("--num-layers", type=int_at_least(1), default=GPT_CONFIG_124M["num_layers"])
+    p.add_argument("--num-heads", type=int_at_least(1), default=GPT_CONFIG_124M["num_heads"])
+    p.add_argument("--vocab-size", type=int_at_least(1), default=GPT_CONFIG_124M["vocab_size"])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--all-modes", action="store_true",
                    help="bf16 autocast and torch.compile rows on CPU as well (they are on by "
                         "default on CUDA only)")
     args = p.parse_args(argv)
+    if not 0 <= args.dropout < 1:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.emb_dim % args.num_heads:
+        p.error(f"--emb-dim {args.emb_dim} must be divisible by --num-heads {args.num_heads}")
     if args.repeats is None:
         args.repeats = 9  # steps vary by 10-40% on a busy machine: a median of 9 holds still
     return args

@@ -6,6 +6,7 @@ variant about equally, and the ratios between them stay meaningful even when the
 move from run to run.
 """
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -14,16 +15,42 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shared.device import get_device
+from shared.model import GPT_CONFIG_124M
+
 
 # ---------------------------------------------------------------- setup
+
+def int_at_least(minimum: int):
+    """An argparse type: an int >= minimum. `--repeats 0` then stops with a usage line that names
+    the flag, instead of a traceback from deep inside a benchmark (an empty median, a KeyError)."""
+    def parse(text):
+        value = int(text)  # not a number: argparse says "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def positive_float(text) -> float:
+    """An argparse type: a finite float > 0 (a size in MB, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
 
 def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags every benchmark takes: device, threads, repeats, seed."""
     parser.add_argument("--device", default="cpu",
                         help="'cpu', 'cuda', 'cuda:1', ... (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="torch.set_num_threads for every variant (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=int_at_least(1), default=None,
                         help="timed runs per variant; the median is reported")
     parser.add_argument("--seed", type=int, default=123)
     return parser
@@ -31,10 +58,7 @@ def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def setup(args) -> torch.device:
     """Apply --threads and --seed to this process; check and return --device."""
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device} was asked for, but torch.cuda.is_available() is "
-                         "False; run with --device cpu")
+    device = get_device(args.device)  # a clear error for an unknown or unavailable device
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads or usable_cores())
@@ -151,8 +175,9 @@ def progress(message: str) -> None:
 
 def shape_name(cfg: dict) -> str:
     """'124M shape' for GPT-2 small's dimensions, else the dimensions themselves."""
-    dims = (cfg["emb_dim"], cfg["num_layers"], cfg["num_heads"], cfg["vocab_size"])
-    if dims == (768, 12, 12, 50257):
+    keys = ("emb_dim", "num_layers", "num_heads", "vocab_size")
+    dims = tuple(cfg[k] for k in keys)
+    if dims == tuple(GPT_CONFIG_124M[k] for k in keys):
         return "124M shape"
     return "{}-dim, {} layers, {} heads, vocab {}".format(*dims)
 
@@ -206,8 +231,6 @@ def markdown_table(headers, rows) -> str:
 
 def targets_markdown(targets) -> str:
     return markdown_table(["target", "measured", "goal", "met"], [t.row() for t in targets])
-
-
 
 
 def print_report(report: Report) -> Report:

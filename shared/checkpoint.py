@@ -1,4 +1,5 @@
 """Saving and restoring a model with its optimizer, atomically and without unpickling code."""
+import collections
 from pathlib import Path
 
 import torch
@@ -32,17 +33,23 @@ def save_checkpoint(path, model, optimizer=None, **extra):
 
 
 def _check_plain(value, where):
-    """Refuse, at save time, what a weights_only load would refuse later."""
-    if isinstance(value, (dict,)):
+    """Refuse, at save time, what a weights_only load would refuse later.
+
+    Exact types, not isinstance: np.float64 is a float, an IntEnum an int and a namedtuple a
+    tuple, yet each pickles as its own class, which weights_only=True refuses to load.
+    """
+    if type(value) in (dict, collections.OrderedDict):
         for key, item in value.items():
             _check_plain(key, f"{where} (a key)")
             _check_plain(item, f"{where}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
+    elif type(value) in (list, tuple):
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
-    elif not (value is None or isinstance(value, (bool, int, float, str, torch.Tensor))):
+    elif not (type(value) in (type(None), bool, int, float, str)
+              or isinstance(value, torch.Tensor)):
         raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; store plain values "
-                        "(numbers, strings, lists, dicts, tensors), which load with weights_only=True")
+                        "(numbers, strings, lists, dicts, tensors), which load with weights_only=True; "
+                        "convert with float(), int(), dict() or .tolist()")
 
 
 def load_checkpoint(path, model, optimizer=None, map_location=None):

@@ -80,11 +80,15 @@ def read_meta(data_dir) -> dict | None:
     meta_path = Path(data_dir) / "meta.json"
     if not meta_path.is_file():
         return None
+    advice = "; delete it and re-run `python -m shared.prepare_tinystories`"
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON ({err}); delete it and re-run "
-                         "`python -m shared.prepare_tinystories`") from err
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:  # cut short, or not UTF-8
+        raise ValueError(f"{meta_path} is not valid JSON ({err}){advice}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} is not a JSON object (it holds a {type(meta).__name__})"
+                         f"{advice}")
+    return meta
 
 
 def load_tokens(path) -> np.memmap:
@@ -94,6 +98,9 @@ def load_tokens(path) -> np.memmap:
     truncated or foreign file fails here instead of training on garbage.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder; pass a token file in it, e.g. "
+                                f"{path / 'train.bin'}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with `python -m shared.prepare_tinystories`")
     dtype, expected = np.dtype(np.uint16), None

@@ -52,6 +52,9 @@ def check_model_limits(core, context_size, eos_id=None):
 def check_sampling(temperature, top_k):
     if math.isnan(temperature):
         raise ValueError("temperature is NaN; use 0 for greedy or a positive number")
+    if math.isinf(temperature):  # logits / inf: 0 for kept tokens, NaN for masked (-inf) ones
+        raise ValueError(f"temperature must be finite, got {temperature}; a large value such as "
+                         "100 already samples almost uniformly")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k <= 0:

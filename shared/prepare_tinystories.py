@@ -63,25 +63,33 @@ BLANK_LINES, EOT_LINES = "blank lines", "<|endoftext|> lines"
 # --- splitting a text file into stories ---------------------------------------------------------
 
 def story_separator(path, block_bytes=16 << 20) -> str:
-    """EOT_LINES if some line of the file is exactly <|endoftext|>, else BLANK_LINES.
+    """EOT_LINES if some line of the file is exactly <|endoftext|>, else BLANK_LINES. "Line" and
+    "exactly" as split_stories reads them: CR, CRLF and LF end lines, and str.strip() whitespace
+    around the marker does not count.
 
     Scans blocks of `block_bytes` for the marker's bytes (a C-speed search) and looks at lines only in a
     block that holds them, so a file without markers is not walked line by line in Python, and
     an official file answers at its first story.
     """
     marker = END_OF_TEXT.encode()
+
+    def is_marker(line: bytes) -> bool:  # str.strip, as split_stories: Unicode spaces count too
+        return line.decode("utf-8", "replace").strip() == END_OF_TEXT
+
     with open(path, "rb") as f:
         carry = b""
         while block := f.read(block_bytes):
-            block, carry = carry + block, b""
+            # A lone \r ends a line too, as in a text-mode file (a \r\n then adds an empty line,
+            # which is no marker line).
+            block, carry = carry + block.replace(b"\r", b"\n"), b""
             if marker in block:
                 lines = block.split(b"\n")
                 carry = lines.pop()  # may be cut by the block's end: looked at with the next one
-                if any(line.strip() == marker for line in lines):
+                if any(marker in line and is_marker(line) for line in lines):
                     return EOT_LINES
             else:
                 carry = block[block.rfind(b"\n") + 1:]  # a marker may start in this tail
-        if carry.strip() == marker:
+        if is_marker(carry):
             return EOT_LINES
     return BLANK_LINES
 
@@ -113,7 +121,13 @@ def stories_in_range(path, start, end, separator) -> list:
     """The stories in bytes [start, end) of a file; the range must start and end at a line end."""
     with open(path, "rb") as f:
         f.seek(start)
-        text = f.read(end - start).decode("utf-8")  # ranges end at line ends: whole characters
+        data = f.read(end - start)
+    try:
+        text = data.decode("utf-8")  # ranges end at line ends: whole characters
+    except UnicodeDecodeError as err:  # its own message gives the offset in this range only
+        raise ValueError(f"{path} is not UTF-8 text: byte {start + err.start} "
+                         f"({data[err.start:err.start + 1]!r}) is not valid UTF-8; convert the "
+                         "file, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`") from None
     return split_stories(text, separator)
 
 

@@ -63,6 +63,45 @@ def test_only_gpt2_layouts_have_an_hf_twin(change):
         check_gpt2_layout(dict(TINY, **change))
 
 
+@pytest.mark.parametrize("module, argv, flag", [
+    ("bench_data", ["--prep-mb", "0"], "--prep-mb"),
+    ("bench_data", ["--prep-mb", "nan"], "--prep-mb"),
+    ("bench_data", ["--memmap-mb", "-1"], "--memmap-mb"),
+    ("bench_data", ["--num-proc", "1", "0"], "--num-proc"),
+    ("bench_data", ["--batches", "0"], "--batches"),
+    ("bench_data", ["--repeats", "0"], "--repeats"),
+    ("bench_generate", ["--new-tokens", "0"], "--new-tokens"),
+    ("bench_generate", ["--no-cache-repeats", "0"], "--no-cache-repeats"),
+    ("bench_generate", ["--num-heads", "5"], "--num-heads"),
+    ("bench_train", ["--repeats", "0"], "--repeats"),
+    ("bench_train", ["--batch-size", "0"], "--batch-size"),
+    ("bench_train", ["--threads", "0"], "--threads"),
+    ("bench_train", ["--dropout", "1"], "--dropout"),
+    ("__main__", ["--threads", "0"], "--threads"),
+])
+def test_bad_flags_are_usage_errors(module, argv, flag, capsys):
+    """A count or size that cannot work stops in argparse, naming the flag, before any model or
+    file is built (not as a traceback from an empty median or a zero-byte token file)."""
+    import importlib
+    parse_args = importlib.import_module(f"benchmarks.{module}").parse_args
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    assert stop.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_mfu_counts_the_output_head_once(tie_weights):
+    """N in 6N: every matmul weight once, the head included, the lookups not; tied or untied, the
+    same shape does the same matmuls."""
+    from benchmarks.bench_train import matmul_params
+    model = GPTModel(dict(TINY, tie_weights=tie_weights))
+    head = TINY["vocab_size"] * TINY["emb_dim"]
+    lookups = head + TINY["context_length"] * TINY["emb_dim"]
+    everything = sum(p.numel() for p in model.parameters())
+    assert matmul_params(model) == everything - lookups + (head if tie_weights else 0)
+
+
 def test_time_alternating_warms_up_then_rotates_and_honours_per_variant_repeats():
     calls = []
     variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
@@ -84,6 +123,26 @@ def test_markdown_table_and_targets():
     assert not Target("rss", 300.0, 100.0, higher_is_better=False).met
 
 
+def table(markdown: str, heading: str) -> list:
+    """The rows of the first markdown table after `heading`, as {column: cell} dicts."""
+    lines = markdown[markdown.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return [dict(zip(rows[0], r)) for r in rows[2:]]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").lstrip("+"))
+
+
+def as_ratio(cell: str) -> float:
+    return number(cell.removesuffix("x"))
+
+
 def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     targets = runner.main(["--size", "tiny", "--threads", "1", "--in-process"])
     out = capsys.readouterr().out
@@ -98,7 +157,6 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     for row in ["ours: GPT-2, tied head", "ours: GPT-2, untied head",
                 "ours: RoPE \\+ RMSNorm, tied head", "HF GPT2LMHeadModel \\(sdpa\\), tied head"]:
         assert re.search(rf"\| {row} +\| fp32 .*\| {ratio} +\| [\d.]+% +\|", out), row
-    assert re.search(r"\| HF GPT2LMHeadModel \(sdpa\), tied head .*\| 1\.00x +\|", out)
     for row in ["ours, no cache", "ours, KV cache", "HF GPT2LMHeadModel.generate"]:
         assert re.search(rf"\| {row} .*\| {ratio} +\| {ratio} +\| \d+% +\| (all|\(reference\))",
                          out), row
@@ -109,6 +167,28 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     # every target has a measured value and a verdict, and the runner returns them all
     assert len(targets) == 5
     assert len(re.findall(r"\| (yes|\*\*no\*\*) +\|", out)) == 5
+
+    # The ratio columns are what the tokens/s columns say, and the targets are the tables' ratios.
+    train = table(out, "### Training step")
+    hf_row = next(r for r in train if r["model"].startswith("HF") and r["mode"] == "fp32")
+    for r in train:
+        assert as_ratio(r["ratio vs HF"]) == pytest.approx(
+            number(r["tokens/s"]) / number(hf_row["tokens/s"]), rel=0.02), r["model"]
+    gen = {r["method"]: r for r in table(out, "### Greedy generation")}
+    cache, floor = gen["ours, KV cache"], gen["floor: every weight matrix read once per token"]
+    for column, reference in [("ratio vs no cache", "ours, no cache"),
+                              ("ratio vs HF", "HF GPT2LMHeadModel.generate")]:
+        assert as_ratio(cache[column]) == pytest.approx(
+            number(cache["tokens/s"]) / number(gen[reference]["tokens/s"]), rel=0.02)
+    assert number(cache["of floor"].rstrip("%")) == pytest.approx(
+        100 * number(cache["tokens/s"]) / number(floor["tokens/s"]), abs=2)
+    data = {r["step"]: r for r in table(out, "### Data")}
+    prep2 = next(r for step, r in data.items() if step.startswith("prepare_tinystories, num_proc=2"))
+    memmap = next(r for step, r in data.items() if step.startswith("get_batch"))
+    assert [f"{t.value:.2f}x" for t in targets[:4]] == [
+        train[0]["ratio vs HF"], cache["ratio vs no cache"], cache["ratio vs HF"],
+        prep2["ratio vs 1 process"]]
+    assert targets[4].value == pytest.approx(number(memmap["RSS growth MB"]), abs=0.5)
 
 
 def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys, monkeypatch):

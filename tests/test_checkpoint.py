@@ -1,10 +1,21 @@
 """Checkpoints: exact round trips, clear errors, no unpickled code, nothing half-written."""
+import collections
+import enum
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.model import GPT_CONFIG_124M, GPTModel
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Mode(enum.IntEnum):
+    TRAIN = 1
+
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=50, context_length=8, emb_dim=16, num_heads=2,
             num_layers=1, drop_rate=0.0)
@@ -148,3 +159,20 @@ def test_save_refuses_what_the_loader_would_refuse(tmp_path):
     assert not (tmp_path / "c.pt").exists()
     save_checkpoint(tmp_path / "ok.pt", model, step=3, history={"loss": [1.0, 0.5]}, note=None)
     assert load_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2))["history"] == {"loss": [1.0, 0.5]}
+
+
+@pytest.mark.parametrize("value, kind", [
+    (np.float64(0.5), "float64"),            # np.mean() of a list of losses: a float subclass
+    (collections.defaultdict(list), "defaultdict"),
+    (Mode.TRAIN, "Mode"),                     # an IntEnum is an int subclass
+    (Point(1, 2), "Point"),                   # a namedtuple is a tuple subclass
+])
+def test_save_refuses_subclasses_the_loader_refuses(tmp_path, value, kind):
+    """isinstance(np.float64(0.5), float) holds, yet weights_only=True cannot unpickle it: the
+    check must refuse it at save time, or load_checkpoint calls a good file corrupt."""
+    with pytest.raises(TypeError, match=rf"val_loss is a {kind}; store plain values"):
+        save_checkpoint(tmp_path / "c.pt", torch.nn.Linear(2, 2), val_loss=value)
+    assert not (tmp_path / "c.pt").exists()
+    # What the loader does accept still saves: an OrderedDict, as state dicts are.
+    save_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2), cfg=collections.OrderedDict(a=1))
+    assert load_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2)) == {"cfg": {"a": 1}}

@@ -34,3 +34,15 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
             raise KeyboardInterrupt
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+
+
+def test_a_failure_before_the_block_leaves_no_temporary(tmp_path, monkeypatch):
+    """Setting the permissions can fail too (some network and Windows-shared folders refuse
+    chmod); the empty temporary must not stay behind."""
+    def refuse(*args, **kwargs):
+        raise PermissionError("chmod not permitted (test)")
+    monkeypatch.setattr(os, "chmod", refuse)
+    with pytest.raises(PermissionError, match="chmod"):
+        with atomic_path(tmp_path / "data.txt") as tmp:
+            tmp.write_text("never reached")
+    assert list(tmp_path.iterdir()) == []

@@ -158,6 +158,8 @@ def test_zero_new_tokens_returns_prompt(model):
     (dict(idx=torch.tensor([1, 2, 3])), "batch, tokens"),
     (dict(context_size=0), "context_size"),
     (dict(temperature=float("nan")), "NaN"),
+    # -inf / inf is NaN: the top-k mask would reach torch.multinomial as NaN probabilities.
+    (dict(temperature=float("inf"), top_k=5), "temperature must be finite"),
     (dict(idx=torch.tensor([[1.0, 2.0]])), "integer token ids"),
     (dict(idx=torch.tensor([[1, 10**6]])), r"token ids must lie in \[0, "),
     # An eos_id the model never samples would never stop generation.

@@ -114,6 +114,23 @@ def test_damaged_meta_json_says_to_re_run_prepare(tmp_path):
         load_tokens(tmp_path / "train.bin")
 
 
+@pytest.mark.parametrize("content", [b'["uint16"]', b'"uint16"', b'\xff\xfe{\x00}\x00'],
+                         ids=["a list", "a string", "UTF-16"])
+def test_meta_json_not_a_utf8_json_object_says_to_re_run_prepare(tmp_path, content):
+    """Valid JSON that is not an object, or a file in another encoding: the same advice as a cut
+    file, not an AttributeError or a UnicodeDecodeError that names no file."""
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    (tmp_path / "meta.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"meta.json is not .*re-run `python -m shared.prepare_tinystories`"):
+        load_tokens(tmp_path / "train.bin")
+
+
+def test_load_tokens_on_the_data_folder_names_the_files_inside(tmp_path):
+    """The folder prepare_tinystories wrote exists: "not found; create it" would mislead."""
+    with pytest.raises(FileNotFoundError, match=r"is a folder; pass a token file in it, e.g. .*train\.bin"):
+        load_tokens(tmp_path)
+
+
 def test_load_tokens_rejects_missing_empty_and_odd_sized_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_tinystories"):
         load_tokens(tmp_path / "nope.bin")

@@ -57,7 +57,7 @@ def test_committed_form():
     assert nb.cells[0].cell_type == "markdown" and nb.cells[1] is cells[0]
     assert "parameters" in cells[0].metadata.get("tags", [])
     knobs = set(re.findall(r"^(\w+)\s*=", cells[0].source, flags=re.M))
-    assert set(SMALL) | {"data_dir", "models_dir", "gpt2_size", "loss_plot_path"} <= knobs
+    assert set(SMALL) | {"data_dir", "models_dir", "gpt2_size", "loss_plot_path", "init"} <= knobs
     # The final pieces are imported from shared/, never pasted again.
     source = "\n".join(c.source for c in cells)
     for name in ("train_model_simple", "calc_loss_loader", "generate", "load_weights_into_gpt",
@@ -98,6 +98,16 @@ def test_runs_top_to_bottom(tmp_path, monkeypatch, gpt2_124m_mirror, tokenizer, 
     evals = re.findall(r"Train loss ([\d.]+), Val loss ([\d.]+)", text)
     assert float(evals[-1][0]) < float(evals[0][0]) - 1.0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The unigram baseline the prose compares with: recomputed with numpy from tiktoken's ids
+    # (training-text frequencies plus 0.01 per vocabulary entry).
+    train_ids = np.array(tokenizer.encode(verdict_text[:split]))
+    val_ids = np.array(tokenizer.encode(verdict_text[split:]))
+    freq = np.bincount(train_ids, minlength=50257) + 0.01
+    freq /= freq.sum()
+    unigram = printed(r"unigram baseline: training ([\d.]+), validation ([\d.]+)", text)
+    expected = [-np.log(freq[ids]).mean() for ids in (train_ids, val_ids)]
+    assert unigram == pytest.approx(expected, abs=1e-3)
 
     # 3. Toy sampling: the counts follow softmax(logits / T), computed here with numpy.
     rows = (line.split() for line in text.splitlines())

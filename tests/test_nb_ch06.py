@@ -73,6 +73,11 @@ def test_runs_on_the_tinystories_sample(tmp_path, tinystories_sample, tokenizer)
     initial = float(re.search(r"loss before training: ([\d.]+)", text).group(1))
     default = float(re.search(r"PyTorch default init: loss ([\d.]+)", text).group(1))
     assert abs(initial - np.log(50304)) < 0.3 and default > initial + 5
+    # (the tied head: the input token gets a logit near emb_dim, the others ~±sqrt(emb_dim))
+    own, emb_dim, spread = map(int, re.search(
+        r"input token itself: (-?\d+) on average \(emb_dim = (\d+)\); spread of all logits: ±(\d+)",
+        text).groups())
+    assert own > 0.75 * emb_dim and 0.5 < spread / emb_dim ** 0.5 < 2
     best = torch.load(tmp_path / "runs" / "ch06" / "modern" / "best.pt", weights_only=True)
     size = params["model_size"]  # the model trained is the command line's, at this size
     cli = build_parser().parse_args([

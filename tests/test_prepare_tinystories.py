@@ -108,7 +108,13 @@ def test_separator_found_wherever_the_blocks_cut(tmp_path, block_bytes):
     path = tmp_path / "t.txt"
     cases = {"one\n" * 5 + "  <|endoftext|> \r\ntwo\n": prep.EOT_LINES,
              "one\n\ntwo <|endoftext|> in a line\n\nthree <|endoftext|>": prep.BLANK_LINES,
-             "one\n\n<|endoftext|>": prep.EOT_LINES}
+             "one\n\n<|endoftext|>": prep.EOT_LINES,
+             # Lone \r line ends, which a text-mode file (and split_stories) reads as newlines.
+             "one\rtwo\r <|endoftext|>\rthree\r": prep.EOT_LINES,
+             "one\r\rtwo <|endoftext|>\r": prep.BLANK_LINES,
+             # Whitespace that str.strip removes and bytes.strip does not.
+             "one\n\u00a0<|endoftext|>\u3000\ntwo\n": prep.EOT_LINES,
+             "one\n\x1c<|endoftext|>": prep.EOT_LINES}
     for text, expected in cases.items():
         path.write_bytes(text.encode("utf-8"))
         assert prep.story_separator(path, block_bytes) == expected, (text, block_bytes)
@@ -133,6 +139,20 @@ def test_chunk_ranges_cut_only_between_stories(tmp_path, chunk_bytes):
         assert len(stories) >= 3
         if chunk_bytes == 1:
             assert len(ranges) >= len(stories)  # every story in a row of its own
+
+
+def test_text_that_is_not_utf8_is_named_with_its_byte_offset(official_files, tmp_path,
+                                                              monkeypatch):
+    """A Latin-1 byte far into the file is met by a worker, in a range that starts far from
+    byte 0: the error names the file and the byte's offset in it, not its offset in the range."""
+    monkeypatch.setattr(prep, "CHUNK_BYTES", 20)  # the bad byte lies in a later row
+    latin1 = tmp_path / "latin1.txt"
+    good = "A story.\n\n" * 10
+    latin1.write_bytes(good.encode() + "Caf\xe9 story.\n".encode("latin-1"))
+    offset = len(good) + 3
+    with pytest.raises(ValueError, match=rf"{re.escape(str(latin1))} is not UTF-8 text: byte "
+                                         rf"{offset} \(b'\\xe9'\).*convert"):
+        prep.prepare(tmp_path / "out", latin1, official_files[1])
 
 
 # Lines that only whitespace of many kinds makes blank, markers with spaces around them, lone \r
