@@ -123,3 +123,41 @@ def test_padded_vocabulary_ids_are_never_generated(pos_encoding, use_cache):
         sampled = generate(model, prompt, 20, context_size=16, temperature=1.0, top_k=top_k,
                            use_cache=use_cache)
         assert (sampled < GPT2_VOCAB_SIZE).all()
+
+
+@pytest.mark.parametrize("name", ["learned-layernorm", "rope-rmsnorm-tied"])
+def test_decoding_layout_changes_storage_not_results(name, tmp_path):
+    """use_decoding_layout transposes each weight's storage in place: same values, same Parameter
+    objects (a tied head stays tied), the same tokens, and a checkpoint that loads anywhere."""
+    import copy
+
+    from shared.checkpoint import load_checkpoint, save_checkpoint
+    from shared.generate import use_decoding_layout
+
+    model = tiny_model(CONFIGS[name])
+    relaid = copy.deepcopy(model)
+    params_before = list(relaid.parameters())
+    assert use_decoding_layout(relaid) is relaid
+    assert list(relaid.parameters()) == params_before  # the same objects: optimizers keep them
+    linears = [m for m in relaid.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 6 * TINY["num_layers"] + 1
+    for m in linears:
+        w = m.weight
+        assert w.t().is_contiguous() and not w.is_contiguous()  # stored (in, out) row-major
+    assert (relaid.out_head.weight is relaid.tok_emb.weight) == ("tied" in name)
+    for (key, a), b in zip(model.state_dict().items(), relaid.state_dict().values()):
+        assert torch.equal(a, b), key
+
+    prompt = fixed_prompt(5)
+    with torch.no_grad():
+        torch.testing.assert_close(relaid(prompt), model(prompt), rtol=1e-5, atol=1e-5)
+    expected = generate(model, prompt, 30, TINY["context_length"], use_cache=True)
+    assert torch.equal(generate(relaid, prompt, 30, TINY["context_length"], use_cache=True),
+                       expected)
+    use_decoding_layout(relaid)  # a second call changes nothing
+    assert all(m.weight.t().is_contiguous() for m in linears)
+
+    save_checkpoint(tmp_path / "relaid.pt", relaid)
+    fresh = GPTModel(dict(TINY, **CONFIGS[name]))
+    load_checkpoint(tmp_path / "relaid.pt", fresh)
+    assert torch.equal(generate(fresh.eval(), prompt, 30, TINY["context_length"]), expected)
