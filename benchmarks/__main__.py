@@ -15,7 +15,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmarks.common import int_at_least, progress, run_benchmark, targets_markdown
+from benchmarks.common import (device_name, int_at_least, progress, run_benchmark,
+                               targets_markdown)
 
 BENCHMARKS = ["train", "generate", "data"]
 
@@ -43,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=list(SIZES), default="default")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=BENCHMARKS,
                    help="which benchmarks to run (default: all three)")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="'cpu', 'cuda', 'cuda:1', ... (default: cpu)")
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="torch.set_num_threads for every benchmark (default: all cores)")
     p.add_argument("--out", help="also write the markdown report to this file")

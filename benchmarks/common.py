@@ -33,6 +33,16 @@ def int_at_least(minimum: int):
     return parse
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device this machine has (`--device foo` gets a usage line, not a
+    traceback). The name itself is passed on, so each benchmark process can open the device."""
+    try:
+        get_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def positive_float(text) -> float:
     """An argparse type: a finite float > 0 (a size in MB, say)."""
     try:
@@ -46,7 +56,7 @@ def positive_float(text) -> float:
 
 def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags every benchmark takes: device, threads, repeats, seed."""
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", type=device_name, default="cpu",
                         help="'cpu', 'cuda', 'cuda:1', ... (default: cpu)")
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="torch.set_num_threads for every variant (default: all cores)")

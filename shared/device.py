@@ -12,6 +12,10 @@ def get_device(prefer: str | None = None) -> torch.device:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} was asked for, but this PyTorch sees no CUDA GPU; "
                              "use 'cpu' (or leave the device unset to pick the best available)")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r} was asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0; "
+                             "nvidia-smi lists them")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device {prefer!r} was asked for, but MPS is not available here; use 'cpu'")
         return device

@@ -1,6 +1,7 @@
 """Turning a model's next-token logits into text: greedy decoding, temperature, top-k, a KV cache."""
 import contextlib
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -58,8 +59,10 @@ def check_sampling(temperature, top_k):
                          "100 already samples almost uniformly")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k must be a positive number of tokens (or None for no limit), got {top_k}")
+    if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool)
+                              or top_k <= 0):
+        raise ValueError(f"top_k must be a positive whole number of tokens (or None for no limit), "
+                         f"got {top_k!r}")
 
 
 def sample_next_token(logits, temperature=0.0, top_k=None):

@@ -270,7 +270,10 @@ class GPTModel(nn.Module):
         if idx.device != device:  # compares metadata, reads no data: no host sync
             raise ValueError(f"idx is on {idx.device} but the model is on {device}; move the ids "
                              "there with idx.to(device)")
-        if idx.numel() and not torch.compiler.is_compiling():
+        # Reading the ids' range means waiting for them. On the CPU that is free; on a GPU it would
+        # stall the host on every forward pass (and every decoded token), so there an id out of range
+        # is left to the embedding lookup, which fails with a device-side assert instead.
+        if idx.numel() and idx.device.type == "cpu" and not torch.compiler.is_compiling():
             low, high = torch.aminmax(idx)
             if low < 0 or high >= self.cfg["vocab_size"]:
                 raise ValueError(f"token ids must lie in [0, {self.cfg['vocab_size']}), the model's "

@@ -265,16 +265,19 @@ def up_to_date(out_dir: Path, sources: dict) -> dict | None:
         return None
     if meta is None:
         return None
-    if meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(sources):
+    try:
+        if meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(sources):
+            return None
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split, source in sources.items():
+            info = meta["splits"][split]
+            if {k: info["source"].get(k) for k in source} != source:
+                return None
+            bin_path = out_dir / info["file"]
+            if not bin_path.is_file() or bin_path.stat().st_size != info["tokens"] * itemsize:
+                return None
+    except (KeyError, TypeError, AttributeError):  # valid JSON, wrong fields (a hand edit): rebuild
         return None
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split, source in sources.items():
-        info = meta["splits"][split]
-        if {k: info["source"].get(k) for k in source} != source:
-            return None
-        bin_path = out_dir / info["file"]
-        if not bin_path.is_file() or bin_path.stat().st_size != info["tokens"] * itemsize:
-            return None
     print(f"{out_dir} is up to date; nothing to do")
     return meta
 

@@ -78,6 +78,9 @@ def test_only_gpt2_layouts_have_an_hf_twin(change):
     ("bench_train", ["--threads", "0"], "--threads"),
     ("bench_train", ["--dropout", "1"], "--dropout"),
     ("__main__", ["--threads", "0"], "--threads"),
+    ("__main__", ["--device", "foo"], "--device"),
+    ("bench_train", ["--device", "foo"], "--device"),
+    ("bench_generate", ["--device", "gpu"], "--device"),
 ])
 def test_bad_flags_are_usage_errors(module, argv, flag, capsys):
     """A count or size that cannot work stops in argparse, naming the flag, before any model or

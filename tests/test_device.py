@@ -23,3 +23,13 @@ def test_unknown_device_name_is_explained():
 def test_missing_cuda_is_explained():
     with pytest.raises(ValueError, match="no CUDA GPU"):
         get_device("cuda")
+
+
+def test_missing_gpu_index_is_explained(monkeypatch):
+    """'cuda:7' on a one-GPU machine: torch would only say 'invalid device ordinal', later."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert get_device("cuda:0") == torch.device("cuda:0")
+    assert get_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:7' was asked for, but this machine has 1 CUDA GPU"):
+        get_device("cuda:7")

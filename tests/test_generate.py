@@ -152,6 +152,8 @@ def test_zero_new_tokens_returns_prompt(model):
     (dict(top_k=0), "top_k"),
     (dict(top_k=-1, temperature=0.0), "top_k"),
     (dict(top_k=0, temperature=1.0), "top_k"),
+    (dict(top_k=2.5, temperature=1.0), "top_k must be a positive whole number"),  # not torch's error
+    (dict(top_k=True), "top_k must be a positive whole number"),
     (dict(temperature=-0.5), "temperature"),
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(idx=torch.zeros(1, 0, dtype=torch.long)), "empty"),

@@ -249,3 +249,18 @@ def test_ids_on_another_device_raise(device):
     how). "meta" stands in for a GPU on a CPU-only machine."""
     with pytest.raises(ValueError, match=rf"idx is on {device}.*the model is on cpu.*\.to\(device\)"):
         tiny_model()(torch.zeros(1, 3, dtype=torch.long, device=device))
+
+
+def test_forward_and_decoding_read_no_ids_off_the_cpu():
+    """The id range check runs on the CPU only: on a GPU, reading the ids would make the host wait
+    for the device on every forward pass and every decoded token. The meta device holds no data, so
+    any read of a value there raises; the whole cached decoding loop must run without one."""
+    from shared.generate import generate
+
+    with torch.device("meta"):
+        model = GPTModel(dict(TINY, drop_rate=0.0)).eval()
+    idx = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    assert model(idx).device.type == "meta"
+    for use_cache in (False, True):
+        out = generate(model, idx, 4, TINY["context_length"], use_cache=use_cache)
+        assert out.shape == (2, 9) and out.device.type == "meta"

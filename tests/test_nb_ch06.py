@@ -87,6 +87,9 @@ def test_runs_on_the_tinystories_sample(tmp_path, tinystories_sample, tokenizer)
     assert best["extra"]["model_config"] == model_config(cli)
     assert text.count("--- prompt") == 3
 
-    # 7: the KV cache gives the same tokens
-    assert "same tokens" in text
+    # 7: the KV cache gives the same tokens, and so does the decoding layout (transposed strides)
+    assert re.search(r"without cache [\d.]+ s, with cache [\d.]+ s .*; same tokens", text)
+    ff = 4 * params["model_size"]["emb_dim"]
+    assert f"strides ({params['model_size']['emb_dim']}, 1) -> (1, {ff})" in text
+    assert re.search(r"s with weights \(in, out\) \([\d.]+x\); same tokens", text)
     assert not (tmp_path / "runs" / "ch06" / "rss-demo.bin").exists()  # the demo cleans up

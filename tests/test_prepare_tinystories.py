@@ -265,10 +265,28 @@ def test_rerun_with_the_same_inputs_touches_nothing(official_files, tmp_path, mo
     assert file_state(out) == before
 
 
-def test_damaged_meta_json_rebuilds(official_files, tmp_path, tokenizer):
+def edited(change):
+    """A damage that keeps meta.json valid JSON (a hand edit): change(meta) edits the dict."""
+    def damage(text):
+        meta = json.loads(text)
+        change(meta)
+        return json.dumps(meta)
+    return damage
+
+
+@pytest.mark.parametrize("damage", [
+    lambda text: text[:len(text) // 2],                                 # cut short
+    edited(lambda meta: meta.pop("dtype")),                             # a field missing
+    edited(lambda meta: meta["splits"]["train"].pop("file")),           # a split's field missing
+    edited(lambda meta: meta["splits"]["train"].update(source="x.txt")),  # a field of another type
+    edited(lambda meta: meta.update(splits=["train", "val"])),
+], ids=["cut-short", "no-dtype", "no-file", "source-not-a-dict", "splits-a-list"])
+def test_damaged_meta_json_rebuilds(official_files, tmp_path, tokenizer, damage):
     out = tmp_path / "out"
     prep.prepare(out, *official_files)
-    (out / "meta.json").write_text('{"format": 1, "splits": ')  # cut short
+    text = (out / "meta.json").read_text()
+    (out / "meta.json").write_text(damage(text))
+    assert (out / "meta.json").read_text() != text
     meta = prep.prepare(out, *official_files)
     assert meta == json.loads((out / "meta.json").read_text())
     tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)
