@@ -11,6 +11,7 @@ The configuration dictionary decides the architecture:
 With the defaults the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
 """
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -29,13 +30,16 @@ GPT_CONFIG_124M = {
 }
 
 
+SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers")
+
+
 def check_config(cfg: dict) -> None:
     """Fail early, with a readable message, on a configuration the model cannot build."""
     missing = [k for k in GPT_CONFIG_124M if k not in cfg]
     if missing:
         raise ValueError(f"config is missing {missing}; start from a copy of GPT_CONFIG_124M")
-    for key in ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+    for key in SIZE_KEYS:  # numpy integers pass too (GPTModel stores them as int)
+        if not isinstance(cfg[key], numbers.Integral) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["emb_dim"] % cfg["num_heads"]:
         raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
@@ -105,6 +109,10 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, H, T, head_dim) after the filled part; return all keys and values so far."""
         start, end = self.length, self.length + k.size(-2)
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: {start} are filled and "
+                             f"{k.size(-2)} more do not fit; reset() it, or make a longer one with "
+                             "model.new_kv_cache(batch_size, max_len)")
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
@@ -201,7 +209,9 @@ class GPTModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         check_config(cfg)
-        self.cfg = dict(cfg)
+        # Plain ints: the config is saved in checkpoints, which hold only plain Python types.
+        self.cfg = {k: int(v) if k in SIZE_KEYS else v for k, v in cfg.items()}
+        cfg = self.cfg
         self.context_length = cfg["context_length"]
         # Ids the tokenizer can produce; a padded vocabulary (50304) has rows no text maps to,
         # and generation never samples them.

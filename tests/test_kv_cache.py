@@ -87,6 +87,11 @@ def test_cache_overflow_raises():
         model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
         with pytest.raises(ValueError, match="context length"):
             model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+    # Called directly (as a reader extending the model might), the cache says so itself, instead
+    # of torch's shape mismatch from the slice assignment.
+    k = torch.zeros(1, TINY["num_heads"], 3, TINY["emb_dim"] // TINY["num_heads"])
+    with pytest.raises(ValueError, match=r"holds 8 positions: 6 are filled and 3 more do not fit"):
+        cache.update(0, k, k)
 
 
 def padded_vocab_model(pos_encoding):

@@ -219,6 +219,19 @@ def test_bad_config_raises(change, message):
         GPTModel(dict(TINY, **change))
 
 
+def test_numpy_sizes_are_stored_as_int(tmp_path):
+    """Sizes computed with numpy (np.int64) build the model, and the stored config holds plain
+    ints, so a checkpoint (plain Python types only) can carry it."""
+    import numpy as np
+
+    from shared.checkpoint import load_checkpoint, save_checkpoint
+
+    model = GPTModel(dict(TINY, emb_dim=np.int64(32), num_layers=np.int32(2)))
+    assert model.cfg == TINY and all(type(model.cfg[k]) is int for k in ("emb_dim", "num_layers"))
+    save_checkpoint(tmp_path / "m.pt", model, model_config=model.cfg)
+    assert load_checkpoint(tmp_path / "m.pt", GPTModel(TINY))["model_config"] == TINY
+
+
 def test_missing_config_key_raises():
     cfg = dict(TINY)
     del cfg["qkv_bias"]
