@@ -14,7 +14,7 @@ Four ways to produce the same tokens from the same weights:
 and two floors: the weight reads alone, in each layout.
 
 The weights are random (GPT-2's initialisation), which costs exactly as much as trained ones, and
-the benchmark checks that all three produce the same greedy tokens.
+the benchmark checks that all four produce the same greedy tokens.
 
     python -m benchmarks.bench_generate
     python -m benchmarks.bench_generate --device cuda --new-tokens 512 --repeats 5
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--no-cache-repeats", type=int_at_least(1), default=1,
                    help="timed runs of the slow uncached path (default 1)")
     p.add_argument("--check-tokens", type=int_at_least(0), default=64,
-                   help="the first N tokens must be identical across the three (default 64)")
+                   help="the first N tokens must be identical across the four (default 64)")
     p.add_argument("--emb-dim", type=int_at_least(1), default=GPT_CONFIG_124M["emb_dim"])
     p.add_argument("--num-layers", type=int_at_least(1), default=GPT_CONFIG_124M["num_layers"])
     p.add_argument("--num-heads", type=int_at_least(1), default=GPT_CONFIG_124M["num_heads"])
@@ -141,7 +141,7 @@ def run(args) -> Report:
     times = time_alternating(variants, repeats, 0, device,
                              on_result=lambda name, s: progress(f"  {name}: {s:.2f} s"))
 
-    # The three must agree: same weights, same greedy decoding.
+    # The four must agree: same weights, same greedy decoding.
     reference = outputs[CACHE]
     agree = {}
     for name in (NO_CACHE, CACHE_IO, HF):
