@@ -4,6 +4,7 @@ helper alternates as it says, and `python -m benchmarks --size tiny` prints ever
 No speed is asserted here: speed goals live in the benchmark's own targets table.
 """
 import re
+import shutil
 
 import pytest
 import torch
@@ -214,3 +215,27 @@ def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys,
     out = capsys.readouterr().out
     assert "### Data: preparation" in out and "### Training step" not in out
     assert target_prep.value > 0 and target_rss.value < 100
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_gpu_modes_run_on_the_cpu(capsys):
+    """The rows a GPU adds (bf16 autocast, torch.compile) have never run on a GPU here; --all-modes
+    runs the same code on the CPU at a tiny size, so a reader's first CUDA run does not meet a bug
+    in them. Every mode gets a row per compared model, its ratio against HF in the same mode."""
+    from benchmarks import bench_train
+
+    bench_train.main(["--all-modes", "--emb-dim", "32", "--num-layers", "2", "--num-heads", "4",
+                      "--vocab-size", "256", "--seq-len", "16", "--repeats", "1", "--threads", "1"])
+    rows = table(capsys.readouterr().out, "### Training step")
+    modes = {}
+    for r in rows:
+        modes.setdefault(r["mode"], {})[r["model"]] = r
+    assert list(modes) == ["fp32", "bf16 autocast", "bf16 autocast + compile"]
+    for mode in ["bf16 autocast", "bf16 autocast + compile"]:
+        assert sorted(modes[mode]) == sorted(
+            [bench_train.OURS, "ours: RoPE + RMSNorm, tied head", bench_train.HF])
+        hf_rate = number(modes[mode][bench_train.HF]["tokens/s"])
+        for r in modes[mode].values():
+            assert as_ratio(r["ratio vs HF"]) == pytest.approx(
+                number(r["tokens/s"]) / hf_rate, rel=0.02), (mode, r["model"])
