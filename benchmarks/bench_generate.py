@@ -7,7 +7,7 @@ Four ways to produce the same tokens from the same weights:
     ours, KV cache    generate(use_cache=True): the prompt once, then one token per step against
                       the preallocated cache
     ... (in, out)     the same, after shared.generate.use_decoding_layout: every weight matrix
-                      stored transposed, the layout a CPU BLAS streams fastest in a
+                      stored transposed, which the CPU BLAS we measured streams faster in a
                       matrix-vector product
     HF generate       GPT2LMHeadModel.generate (sdpa, its default DynamicCache) with our weights
 

@@ -88,7 +88,28 @@ def read_meta(data_dir) -> dict | None:
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} is not a JSON object (it holds a {type(meta).__name__})"
                          f"{advice}")
+    problem = _meta_problem(meta)
+    if problem:  # valid JSON with wrong fields, e.g. after a hand edit
+        raise ValueError(f"{meta_path}: {problem}{advice}")
     return meta
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with the fields the readers of meta.json use, or None."""
+    try:
+        np.dtype(meta.get("dtype", "uint16"))
+    except (TypeError, ValueError):
+        return f"dtype {meta.get('dtype')!r} is not a numpy dtype"
+    if not isinstance(meta.get("vocab_size", 0), int):
+        return f"vocab_size {meta.get('vocab_size')!r} is not a number"
+    splits = meta.get("splits", {})
+    if not isinstance(splits, dict):
+        return f"splits is a {type(splits).__name__}, not an object"
+    for name, split in splits.items():
+        if not (isinstance(split, dict) and isinstance(split.get("file"), str)
+                and isinstance(split.get("tokens"), int)):
+            return f"split {name!r} lacks its file name or token count"
+    return None
 
 
 def load_tokens(path) -> np.memmap:

@@ -117,8 +117,9 @@ def use_decoding_layout(model: nn.Module) -> nn.Module:
     is how fast the matrices stream from memory. nn.Linear keeps W as (out, in) row-major; on the
     CPU we measured (AMD EPYC, PyTorch's MKL build), the BLAS reads the transpose,
     W_t = W.t().contiguous() of shape (in, out), up to 2x faster in a matrix-vector product (1.4x
-    for the output head; OpenAI's checkpoints and Hugging Face's Conv1D use that layout). Each weight becomes W_t.t(): the same values, shape and Parameter object (a
-    tied head stays tied, an optimizer keeps its references), so F.linear(x, W) runs x @ W_t.
+    for the output head; OpenAI's checkpoints and Hugging Face's Conv1D use that layout). Each
+    weight becomes W_t.t(): the same values, shape and Parameter object (a tied head stays tied,
+    an optimizer keeps its references), so F.linear(x, W) runs x @ W_t.
 
     Call it on a model you only sample from. Training still computes the same numbers, but a CPU
     training step was about 40% slower in this layout. benchmarks/bench_generate.py times both

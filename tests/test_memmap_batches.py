@@ -1,6 +1,7 @@
 """Random batches from a uint16 token file: shared.data.load_tokens and get_batch."""
 import json
 import os
+import re
 
 import numpy as np
 import psutil
@@ -122,6 +123,22 @@ def test_meta_json_not_a_utf8_json_object_says_to_re_run_prepare(tmp_path, conte
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
     (tmp_path / "meta.json").write_bytes(content)
     with pytest.raises(ValueError, match=r"meta.json is not .*re-run `python -m shared.prepare_tinystories`"):
+        load_tokens(tmp_path / "train.bin")
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ({"dtype": "uint13"}, "dtype 'uint13' is not a numpy dtype"),
+    ({"splits": ["train"]}, "splits is a list"),
+    ({"splits": {"train": {"file": "train.bin"}}}, "split 'train' lacks its file name or token count"),
+    ({"splits": {"train": "train.bin"}}, "split 'train' lacks"),
+    ({"vocab_size": "50257"}, "vocab_size '50257' is not a number"),
+])
+def test_hand_edited_meta_json_says_what_is_wrong(tmp_path, meta, problem):
+    """Valid JSON with wrong fields: not an AttributeError or KeyError from inside load_tokens."""
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"meta.json: {re.escape(problem)}.*re-run `python -m "
+                                         r"shared.prepare_tinystories`"):
         load_tokens(tmp_path / "train.bin")
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
+from weights import randomize_
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=97, context_length=24, emb_dim=32, num_heads=4,
             num_layers=2, drop_rate=0.1, qkv_bias=True)
@@ -13,17 +14,11 @@ VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learne
 
 
 def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
-    """A tiny model in eval mode with unit-scale activations (matrices N(0, 1/fan_in)) and random
-    norm weights and biases, so a wrong GELU, eps or a swapped parameter changes the output."""
-    torch.manual_seed(seed)
+    """A tiny model in eval mode with unit-scale activations and random norm weights and biases
+    (tests/weights.py), so a wrong GELU, eps or a swapped parameter changes the output."""
+    torch.manual_seed(seed)  # dropout masks in the training-mode tests
     model = GPTModel(dict(TINY, norm=norm, pos_encoding=pos_encoding, **overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, p.size(1) ** -0.5)
-            elif "norm" in name or name.endswith("bias"):
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
-    return model.eval()
+    return randomize_(model, seed).eval()
 
 
 # -- parameter counts -----------------------------------------------------------------------------
