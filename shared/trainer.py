@@ -8,7 +8,11 @@ and it has to survive being stopped and restarted. The pieces, in the order one 
     forward_backward    gradients of one iteration, accumulated over micro-batches
     clip_and_step       gradient clipping, then the AdamW update
     estimate_loss       mean loss on the same fixed batches every time, without dropout
-    train               the loop: evaluation, best/last checkpoints, early stopping, resume, DDP
+    train_step          one optimizer step of a Run (the run's objects and its progress)
+    evaluate_and_save   evaluation, best.pt / last.pt, the early-stopping decision
+    train               the loop: start or resume, then steps and evaluations
+
+Training on several GPUs under torchrun changes only a few calls, kept in shared.distributed.
 
 Usage (a notebook-sized run on the CPU):
 
@@ -19,18 +23,18 @@ Usage (a notebook-sized run on the CPU):
 `train(..., resume=True)` continues from out_dir/last.pt exactly where it stopped: the same losses,
 step for step, as if it had never been interrupted.
 """
-import inspect
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from shared import distributed
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.data import get_batch, load_tokens
 from shared.device import get_device
@@ -210,8 +214,158 @@ def _new_history():
             "best_val_loss": math.inf, "best_iter": None, "stopped_early": False}
 
 
-def _as_tokens(data):
-    return load_tokens(data) if isinstance(data, (str, Path)) else data
+# --- The run: what the loop carries from step to step -----------------------------------------------
+
+@dataclass
+class Run:
+    """One training run's objects and its progress (iter_num, bad_evals, history)."""
+    cfg: TrainConfig
+    model: torch.nn.Module          # what a step calls: compiled and/or DDP-wrapped
+    raw_model: torch.nn.Module      # the plain module, saved in checkpoints
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator      # draws the training windows (on the CPU)
+    device: torch.device
+    splits: dict                    # {"train": tokens, "val": tokens}
+    out_dir: Path
+    procs: distributed.Processes
+    say: Callable[[str], None]
+    autocast: object = None         # bf16 autocast on CUDA, else None
+    eval_model: torch.nn.Module | None = None  # model before the DDP wrapper: rank 0 evaluates alone
+    iter_num: int = 0
+    bad_evals: int = 0              # evaluations since the last better val loss
+    history: dict = field(default_factory=_new_history)
+
+    @property
+    def tokens_per_iter(self) -> int:
+        cfg = self.cfg
+        return cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * self.procs.world_size
+
+
+def train_step(run: Run):
+    """One optimizer step: set the learning rate, draw the batches, forward/backward, clip, step."""
+    cfg = run.cfg
+    lr = get_lr(run.iter_num, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    micro_batches = [get_batch(run.splits["train"], cfg.batch_size, cfg.block_size, run.device,
+                               run.generator) for _ in range(cfg.grad_accum_steps)]
+    no_sync = run.model.no_sync if run.procs.ddp else None
+    loss = forward_backward(run.model, micro_batches, run.autocast, no_sync)
+    grad_norm = clip_and_step(run.model, run.optimizer, cfg.grad_clip)  # .item() waits for the GPU
+    run.iter_num += 1
+    run.history["step_losses"].append(loss)
+    run.history["lrs"].append(lr)
+    run.history["grad_norms"].append(grad_norm)
+    return loss, lr
+
+
+def evaluate_and_save(run: Run) -> bool:
+    """Evaluate (rank 0), write best.pt when val improves and last.pt always; True: stop early."""
+    cfg, history = run.cfg, run.history
+    rng = distributed.gather(_rng_state(run.generator, run.device), run.procs)  # every rank's
+    stop = False
+    if run.procs.master:
+        losses = estimate_loss(run.eval_model, run.splits, cfg.batch_size, cfg.block_size,
+                               cfg.eval_iters, run.device, run.autocast, seed=cfg.seed)
+        history["iters"].append(run.iter_num)
+        history["train_losses"].append(losses["train"])
+        history["val_losses"].append(losses["val"])
+        history["tokens_seen"].append(run.iter_num * run.tokens_per_iter)
+        line = f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        if losses["val"] < history["best_val_loss"]:
+            history["best_val_loss"], history["best_iter"] = losses["val"], run.iter_num
+            run.bad_evals = 0
+            _save(run, run.out_dir / "best.pt", val_loss=losses["val"])
+            line += " (best so far, saved best.pt)"
+        else:
+            run.bad_evals += 1
+            line += f" (no improvement {run.bad_evals}/{cfg.patience or 'inf'})"
+        stop = cfg.patience > 0 and run.bad_evals >= cfg.patience
+        history["stopped_early"] = stop
+        _save(run, run.out_dir / "last.pt", run.optimizer, bad_evals=run.bad_evals,
+              history=history, rng=rng)
+        run.say(line)
+        if stop:
+            run.say(f"early stopping at iter {run.iter_num}: no better val loss in {cfg.patience} "
+                    f"evaluations; best {history['best_val_loss']:.4f} at iter {history['best_iter']}")
+    return distributed.agree_to_stop(stop, run.device, run.procs)
+
+
+def _save(run, path, optimizer=None, **extra):
+    save_checkpoint(path, run.raw_model, optimizer, iter_num=run.iter_num,
+                    model_config=getattr(run.raw_model, "cfg", None),
+                    train_config=asdict(run.cfg), **extra)
+
+
+# --- Starting, resuming ------------------------------------------------------------------------------
+
+def _check_data(model, splits, cfg):
+    """The entry point's checks: windows must fit the model and each split."""
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and cfg.block_size > context_length:
+        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context length "
+                         f"{context_length}; lower block_size or build a longer model")
+    for name, data in splits.items():
+        if len(data) < cfg.block_size + 1:
+            raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
+                             f"block_size + 1 = {cfg.block_size + 1}; lower block_size")
+
+
+def _resume(run: Run):
+    """Load out_dir/last.pt into the run: weights, optimizer, progress and random streams."""
+    last_path = run.out_dir / "last.pt"
+    if not last_path.is_file():
+        raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {run.out_dir}; "
+                                "start without resume")
+    state = load_checkpoint(last_path, run.raw_model, run.optimizer, map_location=run.device)
+    run.iter_num, run.bad_evals, run.history = state["iter_num"], state["bad_evals"], state["history"]
+    rng, procs = state["rng"], run.procs
+    if len(rng) == procs.world_size:
+        _set_rng_state(rng[procs.rank], run.generator, run.device)
+    else:  # another process count: fresh, distinct streams rather than repeated batches
+        run.say(f"last.pt was written by {len(rng)} processes, this run has {procs.world_size}: "
+                "the random streams restart from new seeds")
+        seed = run.cfg.seed + procs.rank + 1000 * run.iter_num
+        torch.manual_seed(seed)
+        run.generator.manual_seed(seed)
+    run.say(f"resuming from {last_path} at iter {run.iter_num} "
+            f"(best val loss {run.history['best_val_loss']:.4f})")
+
+
+def _nothing_left(run: Run) -> bool:
+    if run.history["stopped_early"]:
+        run.say(f"the run stopped early at iter {run.iter_num}; nothing to do")
+        return True
+    if run.iter_num >= run.cfg.max_iters:
+        run.say(f"the run is already at iter {run.iter_num} of max_iters {run.cfg.max_iters}; "
+                "nothing to do (raise max_iters to train longer)")
+        return True
+    return False
+
+
+def _device_for(cfg):
+    device = get_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
+    splits = {name: load_tokens(data) if isinstance(data, (str, Path)) else data
+              for name, data in (("train", train_data), ("val", val_data))}
+    _check_data(model, splits, cfg)
+    procs, device = distributed.processes(), _device_for(cfg)
+
+    def say(line):
+        if procs.master:
+            (log or (tqdm.write if progress else print))(line)
+
+    model.to(device)
+    model.train()
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.learning_rate,
+                                    (cfg.beta1, cfg.beta2), device.type)
+    return Run(cfg, model, model, optimizer, torch.Generator(), device, splits, Path(out_dir),
+               procs, say)
 
 
 # --- The loop ----------------------------------------------------------------------------------------
@@ -237,150 +391,34 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     is shown).
 
     Under torchrun (torch.distributed initialised by the caller, see shared.train_tinystories)
-    the model is wrapped in DistributedDataParallel: each process draws its own batches, and only
-    rank 0 evaluates, logs and writes checkpoints.
+    the model is wrapped in DistributedDataParallel (shared.distributed): each process draws its
+    own batches, and only rank 0 evaluates, logs and writes checkpoints.
     """
-    out_dir = Path(out_dir)
-    ddp = dist.is_available() and dist.is_initialized()
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    master = rank == 0
-    device = get_device(cfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    train_data, val_data = _as_tokens(train_data), _as_tokens(val_data)
-    context_length = getattr(model, "context_length", None)
-    if context_length is not None and cfg.block_size > context_length:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context length "
-                         f"{context_length}; lower block_size or build a longer model")
-    for name, data in (("train", train_data), ("val", val_data)):
-        if len(data) < cfg.block_size + 1:
-            raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
-                             f"block_size + 1 = {cfg.block_size + 1}; lower block_size")
-
-    def say(line):
-        if master:
-            (log or (tqdm.write if progress else print))(line)
-
-    model.to(device)
-    model.train()
-    raw_model = model
-    optimizer = configure_optimizer(raw_model, cfg.weight_decay, cfg.learning_rate,
-                                    (cfg.beta1, cfg.beta2), device.type)
-    generator = torch.Generator()  # window starts are drawn on the CPU
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-
+    run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
     if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {out_dir}; "
-                                    "start without resume")
-        state = load_checkpoint(last_path, raw_model, optimizer, map_location=device)
-        iter_num, bad_evals, history = state["iter_num"], state["bad_evals"], state["history"]
-        rng = state["rng"]
-        if len(rng) == world_size:
-            _set_rng_state(rng[rank], generator, device)
-        else:  # another process count: fresh, distinct streams rather than repeated batches
-            say(f"last.pt was written by {len(rng)} processes, this run has {world_size}: "
-                "the random streams restart from new seeds")
-            torch.manual_seed(cfg.seed + rank + 1000 * iter_num)
-            generator.manual_seed(cfg.seed + rank + 1000 * iter_num)
-        say(f"resuming from {last_path} at iter {iter_num} "
-            f"(best val loss {history['best_val_loss']:.4f})")
+        _resume(run)
+        if _nothing_left(run):
+            return run.history
     else:
-        iter_num, bad_evals, history = 0, 0, _new_history()
-        torch.manual_seed(cfg.seed + rank)          # dropout
-        generator.manual_seed(cfg.seed + rank)      # batches: a different stream on every rank
-
-    use_bf16 = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else None
+        torch.manual_seed(cfg.seed + run.procs.rank)      # dropout
+        run.generator.manual_seed(cfg.seed + run.procs.rank)  # batches: another stream per rank
+    if cfg.amp and run.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        run.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     if cfg.compile:
-        model = torch.compile(model)
-    eval_model = model  # rank 0 evaluates outside DDP: its forward would wait for the other ranks
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        # The only buffers, RoPE's tables, never change: no need to re-send them every forward.
-        # (PyTorch 2.13 renamed broadcast_buffers to forward_sync_buffers.)
-        no_buffer_sync = ({"forward_sync_buffers": False}
-                          if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                          else {"broadcast_buffers": False})
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    **no_buffer_sync)
-    no_sync = model.no_sync if ddp else None
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * world_size
-    model_config = getattr(raw_model, "cfg", None)
+        run.model = torch.compile(run.model)
+    run.eval_model = run.model  # a DDP model's forward would wait for the other ranks
+    run.model = distributed.wrap_model(run.model, run.device, run.procs)
 
-    def evaluate_and_save():
-        """Evaluate on rank 0, write best.pt/last.pt; True when early stopping says stop."""
-        nonlocal bad_evals
-        # Every rank's random state goes into last.pt, so each resumes its own stream.
-        rng = [_rng_state(generator, device)]
-        if ddp:
-            gathered = [None] * world_size
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        stop = False
-        if master:
-            losses = estimate_loss(eval_model, {"train": train_data, "val": val_data},
-                                   cfg.batch_size, cfg.block_size, cfg.eval_iters, device,
-                                   autocast, seed=cfg.seed)
-            history["iters"].append(iter_num)
-            history["train_losses"].append(losses["train"])
-            history["val_losses"].append(losses["val"])
-            history["tokens_seen"].append(iter_num * tokens_per_iter)
-            line = f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-            if losses["val"] < history["best_val_loss"]:
-                history["best_val_loss"], history["best_iter"] = losses["val"], iter_num
-                bad_evals = 0
-                save_checkpoint(best_path, raw_model, iter_num=iter_num, val_loss=losses["val"],
-                                model_config=model_config, train_config=asdict(cfg))
-                line += " (best so far, saved best.pt)"
-            else:
-                bad_evals += 1
-                line += f" (no improvement {bad_evals}/{cfg.patience or 'inf'})"
-            stop = cfg.patience > 0 and bad_evals >= cfg.patience
-            history["stopped_early"] = stop
-            save_checkpoint(last_path, raw_model, optimizer, iter_num=iter_num, bad_evals=bad_evals,
-                            history=history, rng=rng, model_config=model_config,
-                            train_config=asdict(cfg))
-            say(line)
-            if stop:
-                say(f"early stopping at iter {iter_num}: no better val loss in {cfg.patience} "
-                    f"evaluations; best {history['best_val_loss']:.4f} at iter {history['best_iter']}")
-        if ddp:  # every rank must leave the loop together, or the others wait forever
-            flag = torch.tensor([int(stop)], device=device)
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        return stop
-
-    stop = False
-    if resume and history["stopped_early"]:
-        say(f"the run stopped early at iter {iter_num}; nothing to do")
-        return history
-    if resume and iter_num >= cfg.max_iters:
-        say(f"the run is already at iter {iter_num} of max_iters {cfg.max_iters}; nothing to do "
-            "(raise max_iters to train longer)")
-        return history
-    if not resume:
-        stop = evaluate_and_save()  # the untrained model's loss: the baseline of the run
-
-    bar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not (progress and master),
-               desc="training", unit="it", dynamic_ncols=True)
-    while iter_num < cfg.max_iters and not stop:
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    stop = False if resume else evaluate_and_save(run)  # step 0: the untrained model's loss
+    bar = tqdm(total=cfg.max_iters, initial=run.iter_num, dynamic_ncols=True, desc="training",
+               unit="it", disable=not (progress and run.procs.master))
+    while run.iter_num < cfg.max_iters and not stop:
         t0 = time.perf_counter()
-        micro_batches = [get_batch(train_data, cfg.batch_size, cfg.block_size, device, generator)
-                         for _ in range(cfg.grad_accum_steps)]
-        loss = forward_backward(model, micro_batches, autocast, no_sync)
-        grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)  # .item() waits for the GPU
-        tokens_per_s = tokens_per_iter / (time.perf_counter() - t0)
-        iter_num += 1
-        history["step_losses"].append(loss)
-        history["lrs"].append(lr)
-        history["grad_norms"].append(grad_norm)
+        loss, lr = train_step(run)
+        tokens_per_s = run.tokens_per_iter / (time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            stop = evaluate_and_save()
+        if run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters:
+            stop = evaluate_and_save(run)
     bar.close()
-    return history
+    return run.history
