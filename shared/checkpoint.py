@@ -27,8 +27,14 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     payload = {"model_state_dict": unwrap_model(model).state_dict(), "extra": extra}
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
+        payload["optimizer_type"] = type(optimizer).__name__
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except OSError as err:  # a full disk, a read-only folder: the old file is still there
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OSError(err.errno, f"could not save the checkpoint {path}: "
+                                 f"{err.strerror or err}; {kept}") from None
     return path
 
 
@@ -56,20 +62,54 @@ def load_checkpoint(path, model, optimizer=None, map_location=None):
     """Restore model (and optimizer) state from `path`; returns the extra fields as a dict.
 
     weights_only=True means the file is read as tensors and plain containers only: a checkpoint
-    from an untrusted source cannot run code on your machine.
+    from an untrusted source cannot run code on your machine. Loading is all or nothing: the file
+    is checked against the model (and optimizer) first, so a checkpoint of another model
+    configuration raises and leaves both untouched.
     """
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise RuntimeError(f"{path} is not a readable checkpoint ({err}). It may be truncated or "
-                           "corrupt: delete it and save (or download) it again.") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in reason:  # torch's advice to unpickle arbitrary code: not ours to give
+            reason = "it holds objects other than tensors and plain values"
+        raise RuntimeError(f"{path} is not a readable checkpoint: {reason}. It may be empty, "
+                           "truncated or corrupt: delete it and save (or download) it again.") from None
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
         raise RuntimeError(f"{path} does not look like a checkpoint written by save_checkpoint")
-    unwrap_model(model).load_state_dict(payload["model_state_dict"])
+    model = unwrap_model(model)
+    _check_matches(path, payload["model_state_dict"], model.state_dict())
     if optimizer is not None:
-        if "optimizer_state_dict" not in payload:
-            raise RuntimeError(f"{path} holds no optimizer state; load it without an optimizer")
+        _check_optimizer(path, payload, optimizer)
+    model.load_state_dict(payload["model_state_dict"])
+    if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer_state_dict"])
     return payload.get("extra", {})
+
+
+def _check_matches(path, saved, expected):
+    """Same tensor names and shapes, or a one-line error naming the first difference."""
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if missing or unexpected:
+        raise RuntimeError(f"{path} was saved from another model: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}; build the model with the config it was "
+                           "saved with (its 'model_config' field)")
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            raise RuntimeError(f"{path} was saved from another model configuration: {name} has "
+                               f"shape {tuple(saved[name].shape)} there, {tuple(tensor.shape)} here")
+
+
+def _check_optimizer(path, payload, optimizer):
+    if "optimizer_state_dict" not in payload:
+        raise RuntimeError(f"{path} holds no optimizer state; load it without an optimizer")
+    saved_type = payload.get("optimizer_type")
+    if saved_type is not None and saved_type != type(optimizer).__name__:
+        raise RuntimeError(f"{path} holds the state of a {saved_type} optimizer, not of a "
+                           f"{type(optimizer).__name__}; build the same optimizer to resume")
+    saved_groups = payload["optimizer_state_dict"]["param_groups"]
+    sizes = [len(g["params"]) for g in saved_groups]
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:
+        raise RuntimeError(f"{path} holds optimizer state for parameter groups of sizes {sizes}, "
+                           "which do not match this optimizer's")

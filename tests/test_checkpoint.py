@@ -176,3 +176,82 @@ def test_save_refuses_subclasses_the_loader_refuses(tmp_path, value, kind):
     # What the loader does accept still saves: an OrderedDict, as state dicts are.
     save_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2), cfg=collections.OrderedDict(a=1))
     assert load_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2)) == {"cfg": {"a": 1}}
+
+
+# --- all or nothing, one-line errors (issue 15, point 6 and the checkpoint half of point 1) ---------
+
+def snapshot(model, optimizer=None):
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = None if optimizer is None else repr(optimizer.state_dict())
+    return weights, state
+
+
+def assert_untouched(model, optimizer, before):
+    weights, state = before
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    if optimizer is not None:
+        assert repr(optimizer.state_dict()) == state
+
+
+def test_checkpoint_of_another_config_leaves_model_and_optimizer_untouched(tmp_path, batch):
+    """Only the vocabulary differs: the blocks' tensors would fit, yet none of them may be copied."""
+    model, optimizer = make(seed=0)
+    train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer)
+
+    torch.manual_seed(1)
+    other = GPTModel(dict(TINY, vocab_size=60))
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    before = snapshot(other, other_opt)
+    with pytest.raises(RuntimeError, match=r"ckpt.pt.*another model configuration.*\(50, 16\)"):
+        load_checkpoint(path, other, other_opt)
+    assert_untouched(other, other_opt, before)
+
+
+def test_optimizer_of_another_type_is_refused_before_anything_loads(tmp_path, batch):
+    model, optimizer = make(seed=0)
+    train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer)
+
+    restored, _ = make(seed=1)
+    sgd = torch.optim.SGD(restored.parameters(), lr=0.1, momentum=0.9)
+    before = snapshot(restored, sgd)
+    with pytest.raises(RuntimeError, match="AdamW optimizer, not of a SGD"):
+        load_checkpoint(path, restored, sgd)
+    assert_untouched(restored, sgd, before)
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "half"])
+def test_damaged_file_gives_one_line_without_unsafe_advice(tmp_path, damage):
+    model, _ = make(seed=0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "garbage": b"not a checkpoint at all\n" * 10,
+                      "half": data[:len(data) // 2]}[damage])
+    restored, _ = make(seed=1)
+    before = snapshot(restored)
+    with pytest.raises(RuntimeError) as info:
+        load_checkpoint(path, restored)
+    message = str(info.value)
+    assert "ckpt.pt" in message and "\n" not in message
+    assert "weights_only" not in message and info.value.__cause__ is None
+    assert_untouched(restored, None, before)
+
+
+def test_failed_save_says_why_in_one_line(tmp_path, monkeypatch):
+    import errno
+    model, _ = make(seed=0)
+    save_checkpoint(tmp_path / "ckpt.pt", model)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(tmp_path / "ckpt.pt", model)
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC and "\n" not in message
+    assert "ckpt.pt" in message and "No space left" in message and "previous file is kept" in message
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
