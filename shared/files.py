@@ -1,8 +1,11 @@
-"""Writing a file so that a crash never leaves half of it under the real name."""
+"""Writing files safely: never half a file under the real name, never two writers in one folder."""
 import contextlib
 import os
+import socket
 import tempfile
 from pathlib import Path
+
+import psutil
 
 
 @contextlib.contextmanager
@@ -25,3 +28,60 @@ def atomic_path(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class FolderInUse(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder, lock_name=".lock"):
+    """Hold `folder`/.lock for the block, so two runs never write into one folder at once.
+
+    The lock file holds the owner's process id and host. A second process refuses with
+    FolderInUse naming the holder; a lock whose process has died (killed, crashed) is taken over.
+    The file is created with O_EXCL, so two processes that start together cannot both win.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / lock_name
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):  # the second try follows the removal of a dead owner's lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _live_owner(lock)
+            if owner:
+                raise FolderInUse(f"{folder} is in use by process {owner}; wait for it to "
+                                  f"finish, stop it, or use another folder") from None
+            lock.unlink(missing_ok=True)  # its process is gone: take the folder over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise FolderInUse(f"could not take {lock}: another process keeps creating it")
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text() == me:
+                lock.unlink()
+
+
+def _live_owner(lock):
+    """'PID (command) on HOST' of the lock's process if it still runs, else None."""
+    try:
+        pid_text, _, host = lock.read_text().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: treat as stale
+    if host and host != socket.gethostname():
+        return f"{pid} on {host}"  # cannot check another machine: assume it is alive
+    if not psutil.pid_exists(pid) or pid == os.getpid():
+        return None
+    try:
+        name = " ".join(psutil.Process(pid).cmdline()[:4]) or psutil.Process(pid).name()
+    except psutil.Error:
+        name = "?"
+    return f"{pid} ({name})"

@@ -25,14 +25,18 @@ gradients are averaged once per step; only rank 0 evaluates, logs and saves. --b
 NCCL is used on CUDA, gloo on the CPU.
 """
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
+                        probability, writable_dir)
 from shared.data import load_tokens, read_meta
 from shared.device import get_device
+from shared.files import FolderInUse, exclusive_folder
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
 from shared.tokenizer import GPT2_VOCAB_SIZE
 from shared.trainer import TrainConfig, train
@@ -85,37 +89,37 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data and checkpoints")
     io.add_argument("--data-dir", required=True, help="folder with train.bin and val.bin")
-    io.add_argument("--out-dir", required=True, help="folder for best.pt and last.pt")
+    io.add_argument("--out-dir", required=True, type=writable_dir, help="folder for best.pt and last.pt")
     io.add_argument("--resume", action="store_true", help="continue the run saved in out-dir/last.pt")
 
     m = p.add_argument_group("model (ignored on --resume: the size comes from last.pt)")
-    m.add_argument("--emb-dim", type=int, default=384)
-    m.add_argument("--num-layers", type=int, default=6)
-    m.add_argument("--num-heads", type=int, default=6)
-    m.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
+    m.add_argument("--emb-dim", type=positive_int, default=384)
+    m.add_argument("--num-layers", type=positive_int, default=6)
+    m.add_argument("--num-heads", type=positive_int, default=6)
+    m.add_argument("--vocab-size", type=positive_int, default=PADDED_VOCAB_SIZE,
                    help=f"GPT-2's {GPT2_VOCAB_SIZE} ids padded up to a multiple of 64")
-    m.add_argument("--dropout", type=float, default=0.0,
+    m.add_argument("--dropout", type=probability, default=0.0,
                    help="TinyStories is large enough that a 30M model does not overfit it")
-    m.add_argument("--rope-theta", type=float, default=10000.0)
+    m.add_argument("--rope-theta", type=positive_float, default=10000.0)
     m.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="share the token embedding with the output head (untied: 49,269,120 "
                         "parameters at the default size)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--block-size", type=int, default=512, help="context length in tokens")
-    t.add_argument("--batch-size", type=int, default=32, help="windows per micro-batch and process")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    t.add_argument("--max-iters", type=int, default=20000, help="optimizer steps")
-    t.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
-    t.add_argument("--min-lr", type=float, default=None, help="end of the cosine (default: lr / 10)")
-    t.add_argument("--warmup-iters", type=int, default=1000)
-    t.add_argument("--lr-decay-iters", type=int, default=None,
+    t.add_argument("--block-size", type=positive_int, default=512, help="context length in tokens")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="windows per micro-batch and process")
+    t.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    t.add_argument("--max-iters", type=positive_int, default=20000, help="optimizer steps")
+    t.add_argument("--lr", type=positive_float, default=6e-4, help="peak learning rate")
+    t.add_argument("--min-lr", type=non_negative_float, default=None, help="end of the cosine (default: lr / 10)")
+    t.add_argument("--warmup-iters", type=non_negative_int, default=1000)
+    t.add_argument("--lr-decay-iters", type=positive_int, default=None,
                    help="step where the cosine reaches min-lr (default: max-iters)")
-    t.add_argument("--weight-decay", type=float, default=0.1)
-    t.add_argument("--grad-clip", type=float, default=1.0, help="0 turns clipping off")
-    t.add_argument("--eval-interval", type=int, default=1000)
-    t.add_argument("--eval-iters", type=int, default=100, help="batches per split and evaluation")
-    t.add_argument("--patience", type=int, default=5,
+    t.add_argument("--weight-decay", type=non_negative_float, default=0.1)
+    t.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 turns clipping off")
+    t.add_argument("--eval-interval", type=positive_int, default=1000)
+    t.add_argument("--eval-iters", type=positive_int, default=100, help="batches per split and evaluation")
+    t.add_argument("--patience", type=non_negative_int, default=5,
                    help="stop after this many evaluations without a better val loss; 0: never")
     t.add_argument("--seed", type=int, default=1337)
 
@@ -175,42 +179,50 @@ def main(argv=None):
     master = not ddp or dist.get_rank() == 0
     say = print if master else (lambda *a, **k: None)
 
+    # One run per out-dir: rank 0 holds its lock for the whole run (see shared.files).
+    lock = exclusive_folder(out_dir) if master else contextlib.nullcontext()
     try:
-        if args.resume:
-            cfg = _saved_model_config(out_dir / "last.pt")
-            if cfg["context_length"] < args.block_size:
-                raise ValueError(f"--block-size {args.block_size} exceeds the saved model's "
-                                 f"context length {cfg['context_length']}")
-        else:
-            if (out_dir / "last.pt").exists():
-                raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to "
-                                 "continue it, or choose another --out-dir")
-            cfg = model_config(args)
-        _check_vocabulary(data_dir, cfg["vocab_size"])
-        train_data = load_tokens(data_dir / "train.bin")
-        val_data = load_tokens(data_dir / "val.bin")
-
-        if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(args.seed)  # the same initial weights on every rank
-        model = GPTModel(cfg)
-        tcfg = train_config(args, device)
-        world_size = dist.get_world_size() if ddp else 1
-        say(f"model: {count_parameters(model):,} parameters, emb {cfg['emb_dim']}, "
-            f"{cfg['num_layers']} layers, {cfg['num_heads']} heads, vocab {cfg['vocab_size']}")
-        say(f"data: {len(train_data):,} train and {len(val_data):,} val tokens; "
-            f"{tcfg.batch_size * tcfg.block_size * tcfg.grad_accum_steps * world_size:,} tokens per "
-            f"step on {world_size} process(es), device {device}")
-        return train(model, train_data, val_data, tcfg, out_dir, resume=args.resume,
-                     progress=args.progress)
+        with lock:
+            return _run(args, data_dir, out_dir, device, ddp, say)
     finally:
         if ddp:
             dist.destroy_process_group()
 
 
+def _run(args, data_dir, out_dir, device, ddp, say):
+    """Build (or restore the size of) the model and train it; the out-dir is locked."""
+    if args.resume:
+        cfg = _saved_model_config(out_dir / "last.pt")
+        if cfg["context_length"] < args.block_size:
+            raise ValueError(f"--block-size {args.block_size} exceeds the saved model's "
+                             f"context length {cfg['context_length']}")
+    else:
+        if (out_dir / "last.pt").exists():
+            raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to "
+                             "continue it, or choose another --out-dir")
+        cfg = model_config(args)
+    _check_vocabulary(data_dir, cfg["vocab_size"])
+    train_data = load_tokens(data_dir / "train.bin")
+    val_data = load_tokens(data_dir / "val.bin")
+
+    if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = GPTModel(cfg)
+    tcfg = train_config(args, device)
+    world_size = dist.get_world_size() if ddp else 1
+    say(f"model: {count_parameters(model):,} parameters, emb {cfg['emb_dim']}, "
+        f"{cfg['num_layers']} layers, {cfg['num_heads']} heads, vocab {cfg['vocab_size']}")
+    say(f"data: {len(train_data):,} train and {len(val_data):,} val tokens; "
+        f"{tcfg.batch_size * tcfg.block_size * tcfg.grad_accum_steps * world_size:,} tokens per "
+        f"step on {world_size} process(es), device {device}")
+    return train(model, train_data, val_data, tcfg, out_dir, resume=args.resume,
+                 progress=args.progress)
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as err:  # bad flags or files: the message, no traceback
+    except (ValueError, OSError, FolderInUse, RuntimeError) as err:  # the message, no traceback
         raise SystemExit(f"error: {err}") from None

@@ -64,6 +64,10 @@ class TrainConfig:
     compile: bool = False          # torch.compile the model (PyTorch 2, best on CUDA)
 
     def __post_init__(self):
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # betas: below
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         positive = ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
                     "eval_iters")
         for name in positive:

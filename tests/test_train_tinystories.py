@@ -5,6 +5,7 @@ shared.prepare_tinystories lays them out (ids of a story, then <|endoftext|>), w
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,12 @@ import torch.nn.functional as F
 
 from shared import train_tinystories
 from shared.data import get_batch, load_tokens
+from shared.files import FolderInUse
 from shared.model import GPTModel, count_parameters
 from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
 from shared.train_tinystories import (DEFAULT_PARAMETERS, PADDED_VOCAB_SIZE, build_parser, main,
                                       model_config, train_config)
-from shared.trainer import clip_and_step, configure_optimizer, get_lr
+from shared.trainer import TrainConfig, clip_and_step, configure_optimizer, get_lr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,3 +203,59 @@ def test_ddp_averages_gradients_across_ranks(data_dir, tmp_path):
     worst = max((weights[name] - alone[name]).abs().max().item() for name in alone)
     assert worst > 1000 * atol
     assert history["grad_norms"] != pytest.approx(alone_norms, rel=1e-3)
+
+
+# --- the edge: flags, hyperparameters and the out-dir lock (issue 15, points 2, 4 and 7) -------------
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--weight-decay", "nan"),
+                                         ("--grad-clip", "inf"), ("--rope-theta", "0"),
+                                         ("--rope-theta", "-1"), ("--dropout", "1.5"),
+                                         ("--max-iters", "0"), ("--batch-size", "two")])
+def test_meaningless_flags_are_one_usage_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--data-dir", "d", "--out-dir", "o", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and value in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "min_lr", "weight_decay", "grad_clip"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_train_config_refuses_non_finite_values(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a finite number"):
+        TrainConfig(**{field: value})
+
+
+def test_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(data_dir, tmp_path):
+    """A live holder of out-dir/.lock is named; a dead one's lock is taken over."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / ".lock").write_text(f"{holder.pid} {socket.gethostname()}")
+        with pytest.raises(FolderInUse, match=f"in use by process {holder.pid}"):
+            main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2", *TINY])
+        assert not (out / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    history = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2",
+                    "--eval-interval", "2", *TINY])  # the holder is dead: its lock is stale
+    assert history["iters"] == [0, 2] and not (out / ".lock").exists()
+
+
+def test_cli_turns_os_errors_into_one_line(data_dir, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "shared.train_tinystories", "--data-dir",
+                             str(data_dir), "--out-dir", str(a_file), *TINY],
+                            cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "shared.train_tinystories", "--data-dir",
+                             str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o"), *TINY],
+                            cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
