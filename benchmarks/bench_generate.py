@@ -6,7 +6,7 @@ Four ways to produce the same tokens from the same weights:
                       model for every new token (only the last position goes through the head)
     ours, KV cache    generate(use_cache=True): the prompt once, then one token per step against
                       the preallocated cache
-    ... (in, out)     the same, after shared.generate.use_decoding_layout: every weight matrix
+    ... (in, out)     the same, after shared.speedups.use_decoding_layout: every weight matrix
                       stored transposed, which the CPU BLAS we measured streams faster in a
                       matrix-vector product
     HF generate       GPT2LMHeadModel.generate (sdpa, its default DynamicCache) with our weights
@@ -28,7 +28,8 @@ from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_leas
                                median, print_report, progress, setup, shape_name, spread,
                                time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
-from shared.generate import generate, use_decoding_layout
+from shared.generate import generate
+from shared.speedups import use_decoding_layout
 from shared.model import GPT_CONFIG_124M, GPTModel
 
 CACHE_TARGET = 10.0  # KV cache / no cache, tokens per second
@@ -170,7 +171,7 @@ def run(args) -> Report:
              f"each, then timed runs alternated; tokens/s = new tokens / median seconds",
              f"agree: how many new tokens match the KV-cache output (the run fails if fewer than "
              f"{min(args.check_tokens, n)})",
-             f"weights (in, out): the model after shared.generate.use_decoding_layout, each "
+             f"weights (in, out): the model after shared.speedups.use_decoding_layout, each "
              f"nn.Linear weight stored transposed (same values); the first two rows keep "
              f"nn.Linear's (out, in)",
              f"floor: {n} x one matrix-vector product with every nn.Linear of the model "

@@ -25,6 +25,7 @@ from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_leas
                                time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.speedups import sparse_tied_embedding_grad
 
 TRAIN_TARGET = 1.15  # ours / HF training tokens per second, CPU fp32
 OURS = "ours: GPT-2, tied head"
@@ -135,6 +136,8 @@ def build_variants(args, device):
     copy_weights_to_hf(ours, hf)  # same weights: same loss, a check that the shapes really match
     untied = GPTModel(dict(cfg, tie_weights=False)).to(device)
     modern = GPTModel(dict(cfg, norm="rmsnorm", pos_encoding="rope")).to(device)
+    for model in (ours, modern):  # what shared.trainer does for a tied head
+        sparse_tied_embedding_grad(model)
 
     models = [(OURS, ours, ours, ours),
               ("ours: GPT-2, untied head", untied, untied, untied),

@@ -14,7 +14,8 @@ import torch
 
 from shared.device import get_device
 from shared.download import DownloadError
-from shared.generate import check_prompt, check_sampling, generate_stream
+from shared.checks import check_sampling, check_token_ids
+from shared.generate import generate_stream
 from shared.gpt2 import GPT2_SIZES, CorruptCheckpointError, load_pretrained_gpt2
 from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
 
@@ -52,7 +53,9 @@ def parse_args(argv=None):
     tokenizer = get_tokenizer()
     args.prompt_ids = text_to_token_ids(args.prompt, tokenizer)
     try:  # fail before the (slow) model load, with the library's own messages
-        check_prompt(args.prompt_ids, args.max_new_tokens)
+        check_token_ids(args.prompt_ids, name="the prompt")
+        if args.max_new_tokens < 0:
+            raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
         check_sampling(args.temperature, args.top_k)
     except ValueError as err:
         parser.error(str(err))

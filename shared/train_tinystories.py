@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from shared import checks
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, writable_dir)
 from shared.data import load_tokens, read_meta
@@ -193,9 +194,7 @@ def _run(args, data_dir, out_dir, device, ddp, say):
     """Build (or restore the size of) the model and train it; the out-dir is locked."""
     if args.resume:
         cfg = _saved_model_config(out_dir / "last.pt")
-        if cfg["context_length"] < args.block_size:
-            raise ValueError(f"--block-size {args.block_size} exceeds the saved model's "
-                             f"context length {cfg['context_length']}")
+        checks.check_window(args.block_size, cfg["context_length"], "--block-size")
     else:
         if (out_dir / "last.pt").exists():
             raise ValueError(f"{out_dir} already holds a run (last.pt); pass --resume to "

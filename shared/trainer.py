@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared import distributed
+from shared import checks, distributed, speedups
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.data import get_batch, load_tokens
 from shared.device import get_device
@@ -305,10 +305,7 @@ def _save(run, path, optimizer=None, **extra):
 
 def _check_data(model, splits, cfg):
     """The entry point's checks: windows must fit the model and each split."""
-    context_length = getattr(model, "context_length", None)
-    if context_length is not None and cfg.block_size > context_length:
-        raise ValueError(f"block_size {cfg.block_size} exceeds the model's context length "
-                         f"{context_length}; lower block_size or build a longer model")
+    checks.check_window(cfg.block_size, getattr(model, "context_length", None), "block_size")
     for name, data in splits.items():
         if len(data) < cfg.block_size + 1:
             raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
@@ -366,6 +363,8 @@ def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
 
     model.to(device)
     model.train()
+    if hasattr(model, "tok_emb"):
+        speedups.sparse_tied_embedding_grad(model)
     optimizer = configure_optimizer(model, cfg.weight_decay, cfg.learning_rate,
                                     (cfg.beta1, cfg.beta2), device.type)
     return Run(cfg, model, model, optimizer, torch.Generator(), device, splits, Path(out_dir),

@@ -13,6 +13,7 @@ from benchmarks import __main__ as runner
 from benchmarks.common import Target, markdown_table, time_alternating
 from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.speedups import sparse_tied_embedding_grad
 from weights import randomize_
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
@@ -38,7 +39,8 @@ def test_gradients_equal_hf_with_tied_and_untied_heads(tie_weights):
     equal to what GPT2LMHeadModel computes for the same matrix."""
     cfg = dict(TINY, tie_weights=tie_weights)
     torch.manual_seed(0)
-    ours = randomize_(GPTModel(cfg))
+    ours = sparse_tied_embedding_grad(randomize_(GPTModel(cfg)))
+    assert ours.tok_emb.sparse == tie_weights  # AdamW needs an untied embedding's grad dense
     hf = hf_gpt2(cfg, attn_implementation="eager")
     copy_weights_to_hf(ours, hf)
     idx = torch.randint(0, cfg["vocab_size"], (2, 16))

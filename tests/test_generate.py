@@ -179,10 +179,3 @@ def test_bad_arguments_raise(model, kwargs, message, use_cache):
         generate(model, **args)
 
 
-def test_generate_text_simple_checks_its_arguments(model):
-    with pytest.raises(ValueError, match="batch, tokens"):
-        generate_text_simple(model, torch.tensor([1, 2]), 3, 16)
-    with pytest.raises(ValueError, match="context_size"):
-        generate_text_simple(model, torch.tensor([[1, 2]]), 3, 0)
-    with pytest.raises(ValueError, match="context_size 17 exceeds"):
-        generate_text_simple(model, torch.tensor([[1, 2]]), 3, 17)

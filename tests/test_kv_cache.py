@@ -79,19 +79,24 @@ def test_chunked_prefill_equals_one_full_forward(name):
     torch.testing.assert_close(last, expected_last, rtol=0, atol=1e-5)
 
 
-def test_cache_overflow_raises():
-    """More positions than the cache holds: a ValueError, not a silent wrong answer."""
+def test_cache_advances_itself_and_generation_never_overflows_it():
+    """KVCache.update advances `length` at the last layer; generate rebuilds a full cache (the
+    window slides) instead of writing past its end, so a long run equals the uncached one."""
     model = tiny_model(CONFIGS["rope-rmsnorm"])
     cache = model.new_kv_cache(batch_size=1, max_len=8)
     with torch.no_grad():
         model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
-        with pytest.raises(ValueError, match="context length"):
-            model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
-    # Called directly (as a reader extending the model might), the cache says so itself, instead
-    # of torch's shape mismatch from the slice assignment.
-    k = torch.zeros(1, TINY["num_heads"], 3, TINY["emb_dim"] // TINY["num_heads"])
-    with pytest.raises(ValueError, match=r"holds 8 positions: 6 are filled and 3 more do not fit"):
-        cache.update(0, k, k)
+    assert cache.length == 6
+    k = torch.zeros(1, TINY["num_heads"], 1, TINY["emb_dim"] // TINY["num_heads"])
+    cache.update(0, k, k)
+    assert cache.length == 6  # not the last layer: the other layers still have to write
+    cache.update(TINY["num_layers"] - 1, k, k)
+    assert cache.length == 7
+
+    prompt = torch.tensor([[1, 2, 3]])
+    steps = 3 * TINY["context_length"]  # the window slides many times
+    cached = generate(model, prompt, steps, TINY["context_length"], use_cache=True)
+    assert torch.equal(cached, generate(model, prompt, steps, TINY["context_length"]))
 
 
 def padded_vocab_model(pos_encoding):
@@ -137,7 +142,7 @@ def test_decoding_layout_changes_storage_not_results(name, tmp_path):
     import copy
 
     from shared.checkpoint import load_checkpoint, save_checkpoint
-    from shared.generate import use_decoding_layout
+    from shared.speedups import use_decoding_layout
 
     model = tiny_model(CONFIGS[name])
     relaid = copy.deepcopy(model)
