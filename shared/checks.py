@@ -10,6 +10,32 @@ import numbers
 
 import torch
 
+SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers")
+REQUIRED_KEYS = SIZE_KEYS + ("drop_rate", "qkv_bias")  # the keys of GPT_CONFIG_124M
+
+
+def check_model_config(cfg: dict) -> None:
+    """A configuration GPTModel can build, or a message naming the first bad key."""
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"config is missing {missing}; start from a copy of GPT_CONFIG_124M")
+    for key in SIZE_KEYS:  # numpy integers pass too (GPTModel stores them as int)
+        if not isinstance(cfg[key], numbers.Integral) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["emb_dim"] % cfg["num_heads"]:
+        raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
+    for key, allowed in (("norm", ("layernorm", "rmsnorm")), ("pos_encoding", ("learned", "rope")),
+                         ("init", ("gpt2", "pytorch"))):
+        if cfg.get(key, allowed[0]) not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
+    theta = cfg.get("rope_theta", 10000.0)
+    if not isinstance(theta, numbers.Real) or not math.isfinite(theta) or theta <= 0:
+        raise ValueError(f"rope_theta must be a finite number > 0, got {theta!r}")
+    if not isinstance(cfg["drop_rate"], numbers.Real) or not 0 <= cfg["drop_rate"] < 1:
+        raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
+    if cfg.get("pos_encoding") == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
+        raise ValueError("RoPE rotates pairs of features: emb_dim / num_heads must be even")
+
 
 def check_token_ids(idx, vocab_size=None, name="idx"):
     """A non-empty (batch, tokens) tensor of integer ids, all below vocab_size."""
@@ -63,3 +89,53 @@ def check_eos(eos_id, vocab=None):
         valid = f"in [0, {vocab})" if vocab else ">= 0"
         raise ValueError(f"eos_id must be a token id the model can produce, {valid}, got {eos_id}; "
                          "use the tokenizer's end-of-text id (EOT_ID = 50256 for GPT-2)")
+
+
+def check_train_config(cfg) -> None:
+    """A TrainConfig whose numbers can train a model: finite, in range, a schedule that fits."""
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # betas: below
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+    positive = ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
+                "eval_iters")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("warmup_iters", "patience", "weight_decay", "grad_clip", "min_lr"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2"):  # AdamW's moment decay rates; 1 would never forget
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if not 0 < cfg.learning_rate:
+        raise ValueError(f"learning_rate must be > 0, got {cfg.learning_rate}")
+    if cfg.min_lr > cfg.learning_rate:
+        raise ValueError(f"min_lr {cfg.min_lr} is above learning_rate {cfg.learning_rate}; "
+                         "the cosine decays from learning_rate down to min_lr")
+    if cfg.decay_iters < cfg.warmup_iters:
+        raise ValueError(f"the decay ends at step {cfg.decay_iters}, before warmup ends at "
+                         f"{cfg.warmup_iters}: lower warmup_iters or raise lr_decay_iters")
+
+
+def check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id):
+    """The edge of generation: every argument, against the model it will run on."""
+    from shared.checkpoint import unwrap_model  # the plain module inside DDP / torch.compile
+
+    core = unwrap_model(model)
+    check_token_ids(idx, core.cfg["vocab_size"] if hasattr(core, "cfg") else None)
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    check_window(context_size, getattr(core, "context_length", None))
+    check_sampling(temperature, top_k)
+    check_eos(eos_id, getattr(core, "tokenizer_vocab_size", None))
+
+
+def check_decodable(ids, n_vocab):
+    """Ids a tokenizer can turn back into text (tiktoken's own error is a bare KeyError)."""
+    bad = [i for i in ids if not 0 <= i < n_vocab]
+    if bad:
+        raise ValueError(
+            f"token id {bad[0]} is outside the tokenizer's vocabulary [0, {n_vocab}); "
+            "a model with a padded vocabulary (e.g. 50304 rows) can emit ids that no text maps "
+            "to: sample with shared.generate.generate, which never picks them")

@@ -56,17 +56,6 @@ def next_token_logits(model, seq, context_size, cache=None):
     return model(seq[:, -1:], kv_cache=cache, last_only=True)[:, -1, :]
 
 
-def check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id):
-    """The edge of generation: every argument, against the model it will run on."""
-    core = unwrap_model(model)
-    checks.check_token_ids(idx, core.cfg["vocab_size"] if hasattr(core, "cfg") else None)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    checks.check_window(context_size, getattr(core, "context_length", None))
-    checks.check_sampling(temperature, top_k)
-    checks.check_eos(eos_id, getattr(core, "tokenizer_vocab_size", None))
-
-
 def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
                     eos_id=None, use_cache=False):
     """Yield the next tokens, a (B, 1) tensor per step, as `generate` produces them.
@@ -74,7 +63,7 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     Rows that have produced `eos_id` keep yielding eos_id as padding; the stream ends early when
     every row has finished (the step in which the last row finishes is not yielded).
     """
-    check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
+    checks.check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
     core = unwrap_model(model)
     vocab_limit = getattr(core, "tokenizer_vocab_size", None)  # a padded vocab's extra rows
     cache = core.new_kv_cache(idx.size(0), max_len=context_size) if use_cache else None

@@ -11,12 +11,12 @@ The configuration dictionary decides the architecture:
 With the defaults the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
 """
 import math
-import numbers
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared import checks
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 GPT_CONFIG_124M = {
@@ -28,34 +28,6 @@ GPT_CONFIG_124M = {
     "drop_rate": 0.1,        # dropout on embeddings, attention weights and residual branches
     "qkv_bias": False,       # bias in the query/key/value projections (OpenAI's GPT-2 has one)
 }
-
-
-SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers")
-
-
-def check_config(cfg: dict) -> None:
-    """Fail early, with a readable message, on a configuration the model cannot build."""
-    missing = [k for k in GPT_CONFIG_124M if k not in cfg]
-    if missing:
-        raise ValueError(f"config is missing {missing}; start from a copy of GPT_CONFIG_124M")
-    for key in SIZE_KEYS:  # numpy integers pass too (GPTModel stores them as int)
-        if not isinstance(cfg[key], numbers.Integral) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg["emb_dim"] % cfg["num_heads"]:
-        raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
-    if cfg.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
-        raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {cfg['norm']!r}")
-    if cfg.get("pos_encoding", "learned") not in ("learned", "rope"):
-        raise ValueError(f"pos_encoding must be 'learned' or 'rope', got {cfg['pos_encoding']!r}")
-    if cfg.get("init", "gpt2") not in ("gpt2", "pytorch"):
-        raise ValueError(f"init must be 'gpt2' or 'pytorch', got {cfg['init']!r}")
-    theta = cfg.get("rope_theta", 10000.0)
-    if not isinstance(theta, numbers.Real) or not math.isfinite(theta) or theta <= 0:
-        raise ValueError(f"rope_theta must be a finite number > 0, got {theta!r}")
-    if not isinstance(cfg["drop_rate"], numbers.Real) or not 0 <= cfg["drop_rate"] < 1:
-        raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
-    if cfg.get("pos_encoding") == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
-        raise ValueError("RoPE rotates pairs of features: emb_dim / num_heads must be even")
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
@@ -211,9 +183,9 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        check_config(cfg)
+        checks.check_model_config(cfg)
         # Plain ints: the config is saved in checkpoints, which hold only plain Python types.
-        self.cfg = {k: int(v) if k in SIZE_KEYS else v for k, v in cfg.items()}
+        self.cfg = {k: int(v) if k in checks.SIZE_KEYS else v for k, v in cfg.items()}
         cfg = self.cfg
         self.context_length = cfg["context_length"]
         # Ids the tokenizer can produce; a padded vocabulary (50304) has rows no text maps to,

@@ -17,6 +17,7 @@ def sparse_tied_embedding_grad(model: nn.Module) -> nn.Module:
     touches only the B*T rows it read. Asking for that one sparse saves zero-filling a second
     (V, C) matrix and adding the two, every step (3% of a 124M CPU step); the gradient that reaches
     .grad is the same dense sum. An untied embedding keeps its dense gradient: AdamW needs one.
+    Not under DistributedDataParallel, which sees a sparse module and then expects a sparse .grad.
     """
     if model.out_head.weight is model.tok_emb.weight:
         model.tok_emb.sparse = True

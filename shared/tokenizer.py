@@ -6,6 +6,8 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from shared.checks import check_decodable
+
 ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 END_OF_TEXT = "<|endoftext|>"
 EOT_ID = 50256          # id of <|endoftext|> in GPT-2's vocabulary
@@ -69,10 +71,5 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer) -> str:
     if ids.dim() != 1:
         raise ValueError(f"token_ids_to_text decodes one sequence; got shape {tuple(token_ids.shape)}")
     ids = ids.tolist()
-    bad = [i for i in ids if not 0 <= i < tokenizer.n_vocab]
-    if bad:  # tiktoken's own error is a bare KeyError (or OverflowError for a negative id)
-        raise ValueError(
-            f"token id {bad[0]} is outside the tokenizer's vocabulary [0, {tokenizer.n_vocab}); "
-            "a model with a padded vocabulary (e.g. 50304 rows) can emit ids that no text maps "
-            "to: sample with shared.generate.generate, which never picks them")
+    check_decodable(ids, tokenizer.n_vocab)
     return tokenizer.decode(ids)

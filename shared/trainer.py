@@ -64,29 +64,7 @@ class TrainConfig:
     compile: bool = False          # torch.compile the model (PyTorch 2, best on CUDA)
 
     def __post_init__(self):
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # betas: below
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
-        positive = ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
-                    "eval_iters")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "patience", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):  # AdamW's moment decay rates; 1 would never forget
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 < self.learning_rate:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.min_lr > self.learning_rate:
-            raise ValueError(f"min_lr {self.min_lr} is above learning_rate {self.learning_rate}; "
-                             "the cosine decays from learning_rate down to min_lr")
-        if self.decay_iters < self.warmup_iters:
-            raise ValueError(f"the decay ends at step {self.decay_iters}, before warmup ends at "
-                             f"{self.warmup_iters}: lower warmup_iters or raise lr_decay_iters")
+        checks.check_train_config(self)
 
     @property
     def decay_iters(self) -> int:
@@ -363,7 +341,7 @@ def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
 
     model.to(device)
     model.train()
-    if hasattr(model, "tok_emb"):
+    if hasattr(model, "tok_emb") and not procs.ddp:  # DDP expects a sparse module's grad sparse
         speedups.sparse_tied_embedding_grad(model)
     optimizer = configure_optimizer(model, cfg.weight_decay, cfg.learning_rate,
                                     (cfg.beta1, cfg.beta2), device.type)

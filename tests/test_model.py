@@ -200,10 +200,10 @@ def test_loss_at_init_is_ln_vocab(initial_loss):
 
 @pytest.mark.parametrize("change, message", [
     ({"emb_dim": 30}, "divisible by num_heads"),
-    ({"norm": "batchnorm"}, "norm must be"),
-    ({"pos_encoding": "alibi"}, "pos_encoding must be"),
+    ({"norm": "batchnorm"}, "norm must be one of"),
+    ({"pos_encoding": "alibi"}, "pos_encoding must be one of"),
     ({"pos_encoding": "rope", "emb_dim": 36, "num_heads": 4}, "must be even"),
-    ({"init": "xavier"}, "init must be"),
+    ({"init": "xavier"}, "init must be one of"),
     ({"num_layers": 0}, "num_layers must be a positive integer"),
     ({"num_heads": 0}, "num_heads must be a positive integer"),
     ({"vocab_size": 0}, "vocab_size must be a positive integer"),
