@@ -204,7 +204,8 @@ def bench_pool_startup(num_proc: int, workdir: Path, device, repeats: int) -> li
 # ---------------------------------------------------------------- batches
 
 def bench_batches(args, workdir: Path, device):
-    from shared.data import get_batch, load_tokens
+    from shared.data import get_batch
+    from shared.token_files import load_tokens
 
     path = workdir / "tokens.bin"
     n_tokens = write_random_tokens(path, args.memmap_mb, args.seed)

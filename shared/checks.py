@@ -7,6 +7,7 @@ to do instead of an error from deep inside torch.
 """
 import math
 import numbers
+import os
 
 import torch
 
@@ -139,3 +140,34 @@ def check_decodable(ids, n_vocab):
             f"token id {bad[0]} is outside the tokenizer's vocabulary [0, {n_vocab}); "
             "a model with a padded vocabulary (e.g. 50304 rows) can emit ids that no text maps "
             "to: sample with shared.generate.generate, which never picks them")
+
+
+def check_positive(**sizes):
+    """Each named size a whole number >= 1: check_positive(max_length=4, stride=0) fails on stride."""
+    for name, value in sizes.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def check_text(txt) -> None:
+    """The text itself, not the path of its file (a path would be tokenised as a short text)."""
+    read = "pass the text itself, e.g. Path(p).read_text(encoding='utf-8')"
+    if not isinstance(txt, str):
+        raise TypeError(f"txt must be the text (a str), got {type(txt).__name__}; {read}")
+    # Text with a newline, or longer than any path (PATH_MAX is 4096), is never a path.
+    if "\n" not in txt and len(txt) <= 4096 and os.path.isfile(txt):
+        raise ValueError(f"txt is the path of a file ({txt!r}), not its text; {read}")
+
+
+def check_windows(num_tokens, max_length, num_windows, batch_size, drop_last):
+    """At least one window of max_length + 1 tokens, and one whole batch if drop_last."""
+    if num_windows == 0:
+        raise ValueError(
+            f"the text has {num_tokens} tokens, but one training window needs max_length + 1 = "
+            f"{max_length + 1} (inputs plus the shifted target); use a shorter context length "
+            "or more text")
+    if drop_last and num_windows < batch_size:
+        raise ValueError(
+            f"the text gives {num_windows} windows, fewer than batch_size={batch_size}, and "
+            "drop_last=True would leave no batch at all; use drop_last=False, a smaller batch or "
+            "a shorter context")

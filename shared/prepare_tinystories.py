@@ -7,7 +7,7 @@
 Each output file is one long array of uint16 token ids (GPT-2's 50257 ids fit in 16 bits): the
 tokens of story 1, then <|endoftext|> (50256), then story 2, then <|endoftext|>, and so on.
 Training maps it with np.memmap and reads only the windows each batch needs
-(shared.data.load_tokens / get_batch), so the corpus is tokenised once, never per run.
+(shared.token_files.load_tokens / get_batch), so the corpus is tokenised once, never per run.
 
 Where one story ends:
   * a text file with at least one line that is exactly <|endoftext|> (the official
@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from shared.data import read_meta
+from shared.token_files import read_meta
 from shared.files import atomic_path
 from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from shared import checks
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, writable_dir)
-from shared.data import load_tokens, read_meta
+from shared.token_files import load_tokens, read_meta
 from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters

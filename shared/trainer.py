@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from shared import checks, distributed, speedups
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.data import get_batch, load_tokens
+from shared.data import get_batch
+from shared.token_files import load_tokens
 from shared.device import get_device
 
 
@@ -355,7 +356,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
           log=None):
     """Train `model` for cfg.max_iters optimizer steps; return the history dict.
 
-    train_data, val_data: token arrays (np.memmap from shared.data.load_tokens) or their paths.
+    train_data, val_data: token arrays (np.memmap from shared.token_files.load_tokens) or their paths.
     Every cfg.eval_interval steps (and at step 0 and at the end) both splits are evaluated and
 
         out_dir/best.pt   the model with the lowest val loss so far (weights and configs)

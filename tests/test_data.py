@@ -48,13 +48,15 @@ def test_endoftext_is_a_token(tokenizer):
 def test_short_text_error_says_what_it_has_and_needs():
     """Too few tokens for one window: the message gives both counts and a way out."""
     with pytest.raises(ValueError, match=r"has 5 tokens.*needs max_length \+ 1 = 9"):
-        GPTDatasetV1(numbers(5), CountingTokenizer(), max_length=8, stride=8)
+        create_dataloader_v1(numbers(5), batch_size=1, max_length=8, stride=8,
+                             tokenizer=CountingTokenizer())
 
 
 @pytest.mark.parametrize("max_length, stride", [(0, 1), (4, 0)])
 def test_nonpositive_sizes_raise(max_length, stride):
     with pytest.raises(ValueError, match=">= 1"):
-        GPTDatasetV1(numbers(20), CountingTokenizer(), max_length, stride)
+        create_dataloader_v1(numbers(20), batch_size=1, max_length=max_length, stride=stride,
+                             tokenizer=CountingTokenizer())
 
 
 def test_drop_last_with_too_few_windows_raises():

@@ -1,4 +1,4 @@
-"""Random batches from a uint16 token file: shared.data.load_tokens and get_batch."""
+"""Random batches from a uint16 token file: shared.token_files.load_tokens and shared.data.get_batch."""
 import json
 import os
 import re
@@ -8,7 +8,8 @@ import psutil
 import pytest
 import torch
 
-from shared.data import get_batch, load_tokens
+from shared.data import get_batch
+from shared.token_files import load_tokens
 
 
 @pytest.fixture
@@ -71,23 +72,17 @@ def test_plain_arrays_and_slices_of_a_memmap_work_too(token_file):
             assert y[b].tolist() == ref[start + 1:start + 11].tolist()
 
 
-def test_too_short_file_says_how_many_tokens_it_has_and_needs(tmp_path):
+def test_too_short_split_is_refused_by_the_trainer_with_both_counts(tmp_path):
+    """get_batch assumes a long enough array (core); train() checks it first (edge)."""
+    from shared.model import GPT_CONFIG_124M, GPTModel
+    from shared.trainer import TrainConfig, train
+
     np.arange(10, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    with pytest.raises(ValueError, match=r"has 10 tokens.*needs 17"):
-        get_batch(load_tokens(tmp_path / "t.bin"), 2, 16)
-
-
-@pytest.mark.parametrize("batch_size, block_size", [(0, 8), (2, 0)])
-def test_bad_sizes_are_rejected(token_file, batch_size, block_size):
-    with pytest.raises(ValueError, match="must be >= 1"):
-        get_batch(load_tokens(token_file[0]), batch_size, block_size)
-
-
-def test_a_2d_array_is_refused(token_file):
-    """Rows of a 2-D array would silently become windows of rows: (B, T, columns) batches."""
-    _, data = token_file
-    with pytest.raises(ValueError, match=r"1-D array of token ids.*\(100, 20\).*reshape\(-1\)"):
-        get_batch(data.reshape(100, 20), 2, 8)
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=16, device="cpu")
+    with pytest.raises(ValueError, match=r"the train split has 10 tokens.*block_size \+ 1 = 17"):
+        train(model, tmp_path / "t.bin", tmp_path / "t.bin", cfg, tmp_path / "out", progress=False)
 
 
 def test_load_tokens_reads_dtype_from_meta_json(tmp_path):
@@ -157,13 +152,6 @@ def test_load_tokens_rejects_missing_empty_and_odd_sized_files(tmp_path):
     (tmp_path / "odd.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(ValueError, match="3 bytes"):
         load_tokens(tmp_path / "odd.bin")
-
-
-def test_rejects_a_cuda_generator():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    with pytest.raises(ValueError, match="CPU torch.Generator"):
-        get_batch(np.arange(100, dtype=np.uint16), 2, 8, generator=torch.Generator(device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

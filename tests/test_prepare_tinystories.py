@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import shared.prepare_tinystories as prep
-from shared.data import load_tokens
+from shared.token_files import load_tokens
 from shared.tokenizer import EOT_ID
 
 # An official-format file: stories between lines that are exactly <|endoftext|>. The stories have

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from shared import train_tinystories
-from shared.data import get_batch, load_tokens
+from shared.data import get_batch
+from shared.token_files import load_tokens
 from shared.files import FolderInUse
 from shared.model import GPTModel, count_parameters
 from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE

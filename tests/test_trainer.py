@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.checkpoint import load_checkpoint
-from shared.data import get_batch, load_tokens
+from shared.data import get_batch
+from shared.token_files import load_tokens
 from shared.model import GPT_CONFIG_124M, GPTModel
 from shared.trainer import (TrainConfig, clip_and_step, configure_optimizer, estimate_loss,
                             forward_backward, get_lr, train)
