@@ -6,8 +6,15 @@ name only once all of its bytes are there, so "the file exists" always means "th
     1. bytes stream into `destination + ".part"`;
     2. a dropped connection or a timeout is retried with exponential backoff, and each retry asks
        for the missing bytes only (`Range: bytes=N-`), so a 500 MB file does not restart at 0;
-    3. when the byte count matches the server's Content-Length, `os.replace` renames the `.part`
-       file to its final name in one atomic step.
+    3. when the byte count matches the server's Content-Length, and the bytes pass the checks
+       below, `os.replace` renames the `.part` file to its final name in one atomic step.
+
+What arrived is checked before it gets the final name: an HTML page where a data file was asked
+for (a login or error page served with 200), a size other than `size=`, or a SHA-256 other than
+`sha256=` sends the source to the list of failures instead. A `.part` is resumed only if it was
+started from the same URL (recorded beside it in `.part.src`, with the server's ETag, which is
+sent back as If-Range so that a file changed on the server starts over). With `sha256=`, a file
+already under the final name is checked too, and replaced when it does not match.
 
 Offline machines set LLM_MIRROR to one or more bases (local directories or http(s) URLs,
 separated by os.pathsep). A URL `https://HOST/PATH` is looked up as `BASE/HOST/PATH` in every
@@ -15,6 +22,7 @@ base, in order, before the original URL. HOST is the host name without the port,
 `http://127.0.0.1:8000/a.txt` is looked up as `BASE/127.0.0.1/a.txt` (':' is not allowed in
 Windows file names).
 """
+import hashlib
 import os
 import re
 import shutil
@@ -83,17 +91,21 @@ def sources_for(url: str) -> list[str]:
     return sources + [url]
 
 
-def download_file(url, destination, *, progress=True, retries=3, timeout=30) -> Path:
+def download_file(url, destination, *, progress=True, retries=3, timeout=30, size=None,
+                  sha256=None) -> Path:
     """Download `url` to `destination` (str or Path) and return it as a Path.
 
     An existing `destination` is returned at once, without touching the network: only complete
-    files ever get the final name. Otherwise each source from `sources_for(url)` is tried in turn;
-    an http source gets `retries` more attempts after the first, each resuming the `.part` file.
+    files ever get the final name (with `sha256`, it is checked first and replaced if it does not
+    match). Otherwise each source from `sources_for(url)` is tried in turn; an http source gets
+    `retries` more attempts after the first, each resuming the `.part` file. What arrives must not
+    be an HTML page and must have `size` bytes and the `sha256` digest when those are given.
     Raises DownloadError, listing every source tried, when none of them works.
     """
     destination = Path(destination)
-    if destination.exists():
+    if destination.exists() and (sha256 is None or _sha256(destination) == sha256):
         return destination
+    destination.unlink(missing_ok=True)  # a damaged copy (wrong hash): fetch it again
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = Path(str(destination) + ".part")
 
@@ -104,12 +116,44 @@ def download_file(url, destination, *, progress=True, retries=3, timeout=30) -> 
                 _fetch_with_retries(source, part, progress, retries, timeout)
             else:
                 _copy_from_mirror_dir(source, part)
+            _verify(part, url, size, sha256)
         except _SourceError as e:
             failures.append((source, str(e)))
             continue
         os.replace(part, destination)  # atomic: readers see no file or the whole file
+        _src_file(part).unlink(missing_ok=True)
         return destination
     raise DownloadError(_failure_message(url, destination, failures))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(part: Path, url: str, size, sha256) -> None:
+    """Refuse what is not the file: an HTML page, the wrong size, the wrong digest."""
+    problem = None
+    with open(part, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) and not url.lower().endswith((".html", ".htm")):
+        problem = "got an HTML page, not the file (a login, error or redirect page?)"
+    elif size is not None and part.stat().st_size != size:
+        problem = f"got {part.stat().st_size} bytes, expected {size}"
+    elif sha256 is not None and _sha256(part) != sha256:
+        problem = "SHA-256 does not match the expected digest: the file is damaged or another one"
+    if problem:
+        part.unlink()
+        _src_file(part).unlink(missing_ok=True)
+        raise _SourceError(problem)
+
+
+def _src_file(part: Path) -> Path:
+    """Beside a .part: the URL it was started from and the server's ETag, one per line."""
+    return Path(str(part) + ".src")
 
 
 def _copy_from_mirror_dir(source: str, part: Path) -> None:
@@ -138,11 +182,17 @@ def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, time
 
 def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
     """One HTTP request: resume `part` if the server allows it, else start it over."""
+    src = _src_file(part)
+    started_from = src.read_text().split("\n") if src.exists() else []
+    if part.exists() and started_from[:1] != [url]:  # another file's bytes, or of unknown origin
+        part.unlink()
     have = part.stat().st_size if part.exists() else 0
     # identity: byte counts must match Content-Length, and Range on gzip'd bodies means nothing
     headers = {"Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
+        if len(started_from) > 1 and started_from[1]:  # changed on the server: send it all
+            headers["If-Range"] = started_from[1]
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
         if r.status_code == 416:  # we asked past the end: the .part is damaged, start over
             part.unlink()
@@ -154,6 +204,8 @@ def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
 
         resuming = r.status_code == 206 and _range_start(r) == have
         start = have if resuming else 0  # a 200 (or a strange 206) sends the whole file again
+        if not resuming:
+            src.write_text(f"{url}\n{r.headers.get('ETag', '')}")
         length = r.headers.get("Content-Length")
         # Count the bytes ourselves (below): urllib3 would raise on a short body and throw away
         # the last chunk it read, bytes the next attempt would then have to fetch again.

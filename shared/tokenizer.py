@@ -12,6 +12,10 @@ ENCODINGS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main
 END_OF_TEXT = "<|endoftext|>"
 EOT_ID = 50256          # id of <|endoftext|> in GPT-2's vocabulary
 GPT2_VOCAB_SIZE = 50257  # ids 0..50256
+FILE_SHA256 = {  # OpenAI's two files, as tiktoken knows them
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
 
 
 def _cache_dir() -> Path:
@@ -30,8 +34,8 @@ def _encoding_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=vocab_bpe,
         encoder_json_file=encoder_json,
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        vocab_bpe_hash=FILE_SHA256["vocab.bpe"],
+        encoder_json_hash=FILE_SHA256["encoder.json"],
     )
     return tiktoken.Encoding(
         name="gpt2",
@@ -54,8 +58,9 @@ def get_tokenizer() -> tiktoken.Encoding:
     from shared.download import download_file
 
     cache = _cache_dir()
-    paths = [download_file(ENCODINGS_URL + name, cache / name, progress=False)
-             for name in ("vocab.bpe", "encoder.json")]
+    # With the digests, a damaged copy in the cache is fetched again instead of failing forever.
+    paths = [download_file(ENCODINGS_URL + name, cache / name, progress=False,
+                           sha256=FILE_SHA256[name]) for name in ("vocab.bpe", "encoder.json")]
     return _encoding_from_files(str(paths[0]), str(paths[1]))
 
 

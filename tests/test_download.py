@@ -55,7 +55,11 @@ class FakeServer:
                 start = int(m.group(1)) if m and self.path not in server.ignore_range else 0
                 if start >= len(body) > 0:
                     return self.send_error(416)
+                etag = f'"v{hash(body) & 0xffffffff:x}"'
+                if self.headers.get("If-Range") not in (None, etag):  # changed since: all of it
+                    start = 0
                 self.send_response(206 if start else 200)
+                self.send_header("ETag", etag)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 payload = body[start:]
@@ -138,6 +142,7 @@ def test_resume_after_dropped_connection(server, tmp_path):
 def test_resume_part_file_from_earlier_run(server, tmp_path):
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(BODY[:3000])
+    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))  # started from this URL
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
@@ -147,6 +152,7 @@ def test_server_ignoring_range_starts_over(server, tmp_path):
     server.ignore_range.add("/files/a.bin")
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(b"x" * 3000)  # would corrupt the file if appended to
+    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
@@ -253,3 +259,60 @@ def test_get_the_verdict_from_real_mirror(tmp_path, monkeypatch):
     text = path.read_text(encoding="utf-8")
     assert len(text) == 20479 and text.startswith("I HAD always thought Jack Gisburn")
     assert get_the_verdict(tmp_path / "data") == path
+
+
+# --- what arrived is checked before it gets the final name (issue 15, point 5) ---------------------
+
+def test_an_html_page_served_with_200_never_lands(server, tmp_path):
+    server.files["/files/a.bin"] = b"<!DOCTYPE html>\n<html><body>Please sign in</body></html>"
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError, match="HTML page"):
+        download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("check, message", [({"size": len(BODY) + 1}, f"got {len(BODY)} bytes, expected"),
+                                            ({"sha256": "0" * 64}, "SHA-256 does not match")])
+def test_wrong_size_or_digest_never_lands(server, tmp_path, check, message):
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError, match=message):
+        download_file(server.url("/files/a.bin"), dest, progress=False, **check)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    import hashlib
+    good = {"size": len(BODY)} if "size" in check else {"sha256": hashlib.sha256(BODY).hexdigest()}
+    assert download_file(server.url("/files/a.bin"), dest, progress=False, **good).read_bytes() == BODY
+
+
+@pytest.mark.parametrize("src", [None, "http://elsewhere.example/other.bin"])
+def test_a_part_file_of_another_download_is_not_resumed(server, tmp_path, src):
+    """A leftover .part whose origin is unknown, or another URL's, is discarded, not spliced."""
+    dest = tmp_path / "a.bin"
+    Path(str(dest) + ".part").write_bytes(b"y" * 3000)
+    if src:
+        Path(str(dest) + ".part.src").write_text(src)
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert server.ranges["/files/a.bin"] == [None]  # no Range: it started from byte 0
+    assert dest.read_bytes() == BODY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_a_file_changed_on_the_server_is_not_spliced(server, tmp_path):
+    """Resuming sends If-Range with the ETag of the first attempt; a changed file comes whole."""
+    server.drop_first.add("/files/a.bin")
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError):
+        download_file(server.url("/files/a.bin"), dest, progress=False, retries=0)
+    assert Path(str(dest) + ".part").stat().st_size == len(BODY) // 2
+    new_body = bytes(reversed(BODY))
+    server.files["/files/a.bin"] = new_body
+    download_file(server.url("/files/a.bin"), dest, progress=False)
+    assert dest.read_bytes() == new_body
+
+
+def test_a_damaged_file_under_the_final_name_is_replaced_when_its_digest_is_known(server, tmp_path):
+    import hashlib
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(b"damaged")
+    got = download_file(server.url("/files/a.bin"), dest, progress=False,
+                        sha256=hashlib.sha256(BODY).hexdigest())
+    assert got.read_bytes() == BODY and server.counts["/files/a.bin"] == 1

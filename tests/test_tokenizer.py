@@ -99,3 +99,24 @@ def test_token_ids_to_text_names_an_id_outside_the_vocabulary(tokenizer, bad):
     KeyError (or OverflowError) that names neither the valid range nor a way out."""
     with pytest.raises(ValueError, match=rf"token id {bad} .*\[0, 50257\).*generate"):
         token_ids_to_text(torch.tensor([15496, bad]), tokenizer)
+
+
+def test_a_damaged_cached_tokenizer_file_is_fetched_again(tmp_path, monkeypatch):
+    """A wrong encoder.json in the cache would make tiktoken's hash check fail on every run;
+    get_tokenizer replaces it from the mirror instead (issue 15, point 5)."""
+    import os
+    from shared import tokenizer as tok
+
+    if not os.environ.get("LLM_MIRROR"):
+        pytest.skip("needs ../shared/mirror")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tok._cache_dir() / "encoder.json"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("{}")
+    tok.get_tokenizer.cache_clear()
+    try:
+        enc = tok.get_tokenizer()
+        assert enc.encode("Hello, world") == [15496, 11, 995]  # GPT-2's ids, as hand-checked above
+        assert len(cached.read_bytes()) > 1_000_000
+    finally:
+        tok.get_tokenizer.cache_clear()
