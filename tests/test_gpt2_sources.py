@@ -169,6 +169,8 @@ def rewrite_safetensors(path, change):
      r"unexpected \['blocks.0.attn.c_attn.lora'\]"),
     ("model.safetensors", lambda p: rewrite_safetensors(
         p, lambda t: t.pop("transformer.h.1.ln_2.bias")), r"missing \['blocks.1.ln_2.b'\]"),
+    ("model.safetensors", lambda p: rewrite_safetensors(p, lambda t: t.update(
+        {"lm_head.weight": 2 * t["transformer.wte.weight"]})), "not tied to wte"),
     ("config.json", lambda p: p.write_text(json.dumps(
         {k: v for k, v in json.loads(p.read_text()).items() if k != "n_embd"})), "n_embd"),
 ])
@@ -197,3 +199,26 @@ def test_command_line_huggingface_source(mirror, fake_mirror, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--source", "tf"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 2 and "invalid choice: 'tf'" in run.stderr
+
+
+def test_a_tied_output_head_in_the_file_is_accepted(mirror, tmp_path):
+    _, params = download_and_load_gpt2("124M", tmp_path, progress=False, source="huggingface")
+    rewrite_safetensors(tmp_path / "huggingface" / "124M" / "model.safetensors",
+                        lambda t: t.update({"lm_head.weight": t["transformer.wte.weight"].copy()}))
+    _, again = download_and_load_gpt2("124M", tmp_path, progress=False, source="huggingface")
+    assert np.array_equal(params["wte"], again["wte"])
+
+
+def test_sample_command_line_gives_the_same_text_from_both_sources(fake_mirror, tmp_path):
+    path, _ = fake_mirror
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": os.pathsep.join(
+        [str(path), os.environ.get("LLM_MIRROR", "")]), "PYTHONIOENCODING": "utf-8"}
+    texts = []
+    for source in ("openai", "huggingface"):
+        run = subprocess.run([sys.executable, "-m", "shared.sample", "--gpt2", "124M", "--models-dir",
+                              str(tmp_path), "--source", source, "--max-new-tokens", "12",
+                              "--temperature", "0", "--device", "cpu"],
+                             env=env, capture_output=True, text=True, encoding="utf-8")
+        assert run.returncode == 0, run.stderr
+        texts.append(run.stdout)
+    assert texts[0] == texts[1] and len(texts[0]) > len("Every effort moves you\n")
