@@ -6,8 +6,8 @@
 Why a reader of our own: OpenAI published GPT-2 as a TensorFlow checkpoint, and TensorFlow is a large
 install with no wheel on some platforms and new Pythons. The one package on PyPI that promises to read
 checkpoints without it (tensorflow-checkpoint-reader) has had a single release, in 2023, calls itself "in
-development", and vendors hundreds of TensorFlow .proto files. The format is small enough to read here in
-about 150 lines, and the tests check this reader against TensorFlow's own (tf.train.load_variable).
+development", and vendors TensorFlow's .proto files. The format is small enough to read here in a
+few short functions, and the tests check this reader against TensorFlow's own (tf.train.load_variable).
 
 A checkpoint `PREFIX` (e.g. model.ckpt) is a "tensor bundle" of two kinds of files:
 
@@ -65,8 +65,9 @@ class TensorEntry(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checksums: TensorFlow stores crc32c "masked", so that a checksum of data that holds checksums
-# is not itself a checksum of something simple: rotate right by 15 bits, add a constant.
+# Checksums: TensorFlow (like LevelDB, where the table format comes from) stores each crc32c
+# "masked", rotated right by 15 bits plus a constant, because the crc of bytes that embed their own
+# crcs is prone to accidental matches.
 # ---------------------------------------------------------------------------------------------
 
 def _crc32c_function():
@@ -244,6 +245,9 @@ def load_variables(prefix, names=None, verify: bool = True) -> dict[str, np.ndar
     for name in names:
         if name not in entries:
             raise CheckpointFileError(index, f"it lists no tensor {name!r}")
+        if entries[name].shard >= num_shards:
+            raise CheckpointFileError(index, f"damaged index ({name} in data file "
+                                             f"{entries[name].shard} of {num_shards})")
     arrays, files = {}, {}
     try:
         # In file order, so that a large checkpoint is read front to back.
