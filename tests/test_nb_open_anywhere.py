@@ -33,7 +33,7 @@ def bare_kernel(tmp_path, monkeypatch):
     the checkout."""
     folder = tmp_path / "jupyter" / "kernels" / "bare"
     folder.mkdir(parents=True)
-    packages = [p for p in site.getsitepackages() if "site-packages" in p]
+    packages = site.getsitepackages()  # the venv's packages, reached without processing .pth files
     spec = {"argv": [sys.executable, "-S", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "bare", "language": "python",
             "env": {"PYTHONPATH": os.pathsep.join(packages), "MPLBACKEND": "Agg"}}
