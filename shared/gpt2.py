@@ -1,13 +1,15 @@
-"""OpenAI's GPT-2 weights: download the TensorFlow checkpoint, read it once, load it into GPTModel.
+"""GPT-2's weights: download them from OpenAI or Hugging Face, read them, load them into GPTModel.
 
-    settings, params = download_and_load_gpt2("124M", "gpt2")
+    settings, params = download_and_load_gpt2("124M", "gpt2")                  # OpenAI's files
+    settings, params = download_and_load_gpt2("124M", "gpt2", source="huggingface")
     gpt = GPTModel(config_from_hparams(settings))
     load_weights_into_gpt(gpt, params)
 
-OpenAI published GPT-2 as TensorFlow 1 checkpoints. Reading one needs TensorFlow (a large import),
-so the arrays are read once and cached beside the checkpoint as `params.safetensors`, a format that
-holds raw arrays only and cannot run code when it is opened (unlike a pickle). Later calls read the
-cache and never import TensorFlow.
+OpenAI published GPT-2 as TensorFlow 1 checkpoints; shared.tf_checkpoint reads them into numpy
+arrays without TensorFlow (and verifies their checksums). The arrays are also written once beside
+the checkpoint as `params.safetensors`, a format of raw arrays that cannot run code when opened
+(unlike a pickle), which later calls read. Hugging Face hosts the same weights as one
+`model.safetensors` per size (openai-community/gpt2, ...), in the same (in, out) orientation.
 
 `params` mirrors the variable names inside the checkpoint, with 'model/' dropped, blocks in a list
 and the leading singleton dimension of the 1x1-convolution weights squeezed away:
@@ -18,7 +20,6 @@ and the leading singleton dimension of the 1x1-convolution weights squeezed away
                  "ln_1": {"g": (C,), "b": (C,)}, "ln_2": {"g": (C,), "b": (C,)}}, ...]}
 """
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shared.download import download_file
+from shared.download import DownloadError, download_file
 from shared.files import atomic_path
 from shared.model import GPT_CONFIG_124M
+from shared.tf_checkpoint import CheckpointFileError, load_variables
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 GPT2_MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
@@ -36,6 +38,13 @@ GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
 PARAMS_CACHE = "params.safetensors"
+
+# Hugging Face keeps the same weights as safetensors, in OpenAI's orientation.
+GPT2_SOURCES = ("openai", "huggingface")
+HF_URL = "https://huggingface.co/{repo}/resolve/main/{name}"
+HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
+            "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
+HF_FILES = ("config.json", "model.safetensors")
 
 # The four sizes differ only in width, depth and number of heads.
 GPT2_CONFIGS = {
@@ -150,35 +159,30 @@ def read_hparams(model_dir) -> dict:
 
 
 def read_tf_checkpoint(model_dir, settings: dict) -> dict:
-    """Read every GPT-2 array from the TensorFlow checkpoint in `model_dir` (needs tensorflow)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
-    import tensorflow as tf
-
-    model_dir = Path(model_dir)
-    index, data = model_dir / "model.ckpt.index", model_dir / "model.ckpt.data-00000-of-00001"
-    # TensorFlow's own errors name neither file, so each step says which file it was reading.
+    """Read every GPT-2 array from OpenAI's TensorFlow checkpoint in `model_dir`, checksums
+    verified, with shared.tf_checkpoint (no TensorFlow needed)."""
+    names = {key: tf_variable_name(key) for key in gpt2_param_shapes(settings)}
     try:
-        reader = tf.train.load_checkpoint(str(model_dir / "model.ckpt"))
-        stored = reader.get_variable_to_shape_map()
-    except Exception as err:  # OpError, IndexError, ...: the index (the table of contents) is bad
-        raise CorruptCheckpointError(_damaged(index, f"{type(err).__name__}: {err}")) from err
+        arrays = load_variables(Path(model_dir) / "model.ckpt", names.values())
+    except CheckpointFileError as err:
+        raise CorruptCheckpointError(_damaged(err.path, err.reason)) from err
+    return _checked_params({key: arrays[name] for key, name in names.items()}, settings,
+                           Path(model_dir) / "model.ckpt.index")
 
-    flat = {}
-    for key, shape in gpt2_param_shapes(settings).items():
-        name = tf_variable_name(key)
-        if name not in stored:
-            raise CorruptCheckpointError(_damaged(index, f"it lists no variable {name}"))
-        try:
-            array = reader.get_tensor(name)  # checks the bytes against a stored checksum
-        except Exception as err:
-            raise CorruptCheckpointError(_damaged(data, f"reading {name}: {err}")) from err
+
+def _checked_params(flat: dict, settings: dict, source: Path) -> dict:
+    """Squeeze the leading 1 of OpenAI's 1x1-convolution weights, check every shape against
+    hparams, and nest the arrays as `params`."""
+    shapes = gpt2_param_shapes(settings)
+    for key, shape in shapes.items():
+        array = flat[key]
         if array.ndim == 3 and array.shape[0] == 1:  # 1x1-convolution weights: (1, in, out)
             array = array[0]
         if array.shape != shape:
             raise CorruptCheckpointError(_damaged(
-                index, f"{name} has shape {array.shape} but hparams.json implies {shape}"))
+                source, f"{key} has shape {array.shape} but the settings imply {shape}"))
         flat[key] = array
-    return _unflatten(flat)
+    return _unflatten({key: flat[key] for key in shapes})
 
 
 def save_params_cache(params: dict, path) -> Path:
@@ -206,24 +210,118 @@ def load_params_cache(path, settings: dict) -> dict:
     return _unflatten({k: flat[k] for k in expected})
 
 
-def download_gpt2_files(model_size: str, models_dir="gpt2", progress: bool = True) -> Path:
-    """Fetch OpenAI's seven files for `model_size` into models_dir/model_size; return the folder."""
+def _check_size_and_source(model_size: str, source: str) -> None:
     if model_size not in GPT2_SIZES:
         raise ValueError(f"unknown GPT-2 size {model_size!r}; "
                          f"choose one of {', '.join(GPT2_SIZES)}")
+    if source not in GPT2_SOURCES:
+        raise ValueError(f"unknown source {source!r} for the GPT-2 weights; "
+                         f"choose one of {', '.join(GPT2_SOURCES)}")
+
+
+def download_gpt2_files(model_size: str, models_dir="gpt2", progress: bool = True) -> Path:
+    """Fetch OpenAI's seven files for `model_size` into models_dir/model_size; return the folder."""
+    _check_size_and_source(model_size, "openai")
     model_dir = Path(models_dir) / model_size
-    for name in GPT2_FILES:  # a file already there is complete: download_file renames atomically
-        url = f"{GPT2_MODELS_URL}/{model_size}/{name}"
-        download_file(url, model_dir / name, progress=progress)
+    try:
+        for name in GPT2_FILES:  # a file already there is complete: download_file renames atomically
+            download_file(f"{GPT2_MODELS_URL}/{model_size}/{name}", model_dir / name,
+                          progress=progress)
+    except DownloadError as err:
+        raise DownloadError(
+            f"{err}\nThe same weights are also on Hugging Face: download_and_load_gpt2("
+            f"{model_size!r}, models_dir, source='huggingface'), or on the command line "
+            f"python gpt_download.py --model-size {model_size} --source huggingface") from None
     return model_dir
 
 
-def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = True):
+def download_hf_files(model_size: str, models_dir="gpt2", progress: bool = True) -> Path:
+    """Fetch config.json and model.safetensors of Hugging Face's copy of GPT-2 `model_size`
+    into models_dir/huggingface/model_size; return the folder."""
+    _check_size_and_source(model_size, "huggingface")
+    model_dir = Path(models_dir) / "huggingface" / model_size
+    for name in HF_FILES:
+        download_file(HF_URL.format(repo=HF_REPOS[model_size], name=name), model_dir / name,
+                      progress=progress)
+    return model_dir
+
+
+def _hf_key(name: str) -> str | None:
+    """Hugging Face's name -> our flat name ("h.0.ln_1.weight" -> "blocks.0.ln_1.g"), or None for
+    the attention-mask buffers and the tied output head, which hold no weights of their own."""
+    name = name.removeprefix("transformer.")
+    if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+        return None
+    *path, leaf = name.split(".")
+    if path in (["wte"], ["wpe"]):
+        return path[0]
+    is_norm = path[-1:] in (["ln_1"], ["ln_2"], ["ln_f"])
+    leaf = {"weight": "g" if is_norm else "w", "bias": "b"}.get(leaf, leaf)
+    if path == ["ln_f"]:
+        return leaf
+    if path[:1] == ["h"]:
+        path = ["blocks", *path[1:]]
+    return ".".join([*path, leaf])
+
+
+def read_hf_settings(model_dir) -> dict:
+    """OpenAI's hparams (n_vocab, n_ctx, n_embd, n_head, n_layer) from Hugging Face's config.json."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        settings = {"n_vocab": config.get("vocab_size"),
+                    "n_ctx": config.get("n_positions", config.get("n_ctx")),
+                    "n_embd": config.get("n_embd"), "n_head": config.get("n_head"),
+                    "n_layer": config.get("n_layer")}
+    except (OSError, ValueError, AttributeError) as err:
+        raise CorruptCheckpointError(_damaged(path, err)) from err
+    missing = [k for k, v in settings.items() if not isinstance(v, int)]
+    if missing:
+        raise CorruptCheckpointError(_damaged(path, f"no integer for {', '.join(missing)}"))
+    return settings
+
+
+def read_hf_checkpoint(model_dir) -> tuple[dict, dict]:
+    """(settings, params) from Hugging Face's config.json and model.safetensors in `model_dir`.
+
+    Hugging Face's Conv1D keeps OpenAI's (in, out) orientation, so the arrays need no transpose:
+    `params` is exactly what the OpenAI checkpoint gives.
+    """
+    from safetensors.numpy import load_file
+
+    settings = read_hf_settings(model_dir)
+    path = Path(model_dir) / "model.safetensors"
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # SafetensorError, OSError: truncated or not a safetensors file
+        raise CorruptCheckpointError(_damaged(path, err)) from err
+    flat = {_hf_key(name): array for name, array in tensors.items()}
+    flat.pop(None, None)
+    expected = gpt2_param_shapes(settings)
+    missing = [k for k in expected if k not in flat]
+    unexpected = [k for k in flat if k not in expected]
+    if missing or unexpected:
+        raise CorruptCheckpointError(_damaged(
+            path, f"missing {missing[:3]}, unexpected {unexpected[:3]}: not GPT-2's arrays"))
+    if "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"], flat["wte"]):
+        raise CorruptCheckpointError(_damaged(path, "its output head is not tied to wte"))
+    flat = {k: np.asarray(v, dtype=np.float32) for k, v in flat.items()}
+    return settings, _checked_params(flat, settings, path)
+
+
+def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = True,
+                           source: str = "openai"):
     """Download GPT-2 `model_size` ("124M", "355M", "774M", "1558M"); return (settings, params).
 
-    The first call reads the TensorFlow checkpoint and caches its arrays in params.safetensors;
-    later calls read only the cache. An unreadable cache is replaced, with a warning.
+    source="openai" (default) fetches OpenAI's TensorFlow checkpoint into models_dir/<size>/ and
+    reads it without TensorFlow; its arrays are then cached in params.safetensors, which later
+    calls read instead (an unreadable cache is replaced, with a warning).
+    source="huggingface" fetches Hugging Face's model.safetensors and config.json into
+    models_dir/huggingface/<size>/. Both give the same settings and params.
     """
+    _check_size_and_source(model_size, source)
+    if source == "huggingface":
+        return read_hf_checkpoint(download_hf_files(model_size, models_dir, progress))
     model_dir = download_gpt2_files(model_size, models_dir, progress)
     settings = read_hparams(model_dir)
     cache = model_dir / PARAMS_CACHE
@@ -327,11 +425,11 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
 
 
 def load_pretrained_gpt2(model_size: str = "124M", models_dir="gpt2", device=None,
-                         progress: bool = True):
+                         progress: bool = True, source: str = "openai"):
     """Download (once) and build GPT-2 `model_size` in eval mode; returns (model, settings)."""
     from shared.model import GPTModel
 
-    settings, params = download_and_load_gpt2(model_size, models_dir, progress)
+    settings, params = download_and_load_gpt2(model_size, models_dir, progress, source)
     gpt = GPTModel(config_from_hparams(settings))
     load_weights_into_gpt(gpt, params)
     return gpt.to(device or "cpu").eval(), settings

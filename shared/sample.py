@@ -16,7 +16,7 @@ from shared.device import get_device
 from shared.download import DownloadError
 from shared.checks import check_sampling, check_token_ids
 from shared.generate import generate_stream
-from shared.gpt2 import GPT2_SIZES, CorruptCheckpointError, load_pretrained_gpt2
+from shared.gpt2 import GPT2_SIZES, GPT2_SOURCES, CorruptCheckpointError, load_pretrained_gpt2
 from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
 
 
@@ -40,6 +40,8 @@ def parse_args(argv=None):
                         help="GPT-2 size (default: 124M)")
     parser.add_argument("--models-dir", default="gpt2",
                         help="where the weights are downloaded (default: gpt2)")
+    parser.add_argument("--source", default="openai", choices=GPT2_SOURCES,
+                        help="where the weights come from (default: openai)")
     parser.add_argument("--prompt", default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
     try:  # downloads and the device: the message says it all, no traceback
         args, tokenizer = parse_args(argv)
         device = get_device(args.device)  # ValueError: no such device here
-        model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device)
+        model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device,
+                                               source=args.source)
     except (DownloadError, CorruptCheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     if args.seed is not None:

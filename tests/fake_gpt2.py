@@ -152,3 +152,40 @@ def hf_gpt2_from_tf_variables(tf_vars, hparams):
     assert set(missing) <= {"lm_head.weight"}, missing  # tied to transformer.wte.weight
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     return model
+
+
+HF_HOST_PATH = ("huggingface.co",)
+HF_REPO_FOR_SIZE = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
+                    "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
+
+
+def hf_model_dir(mirror, size):
+    """Where a mirror holds https://huggingface.co/<repo>/resolve/main/<file>."""
+    return Path(mirror, *HF_HOST_PATH, *HF_REPO_FOR_SIZE[size].split("/"), "resolve", "main")
+
+
+def write_fake_hf_gpt2(mirror, size, hparams, tf_vars, prefix="transformer.", buffers=True):
+    """The same weights as Hugging Face publishes them: config.json and model.safetensors, written
+    from a transformers.GPT2LMHeadModel's state dict with safetensors.torch.save_file.
+
+    prefix: "transformer." as GPT2LMHeadModel names them, or "" as in the files on the Hub.
+    buffers: also store the causal-mask buffers (attn.bias, attn.masked_bias) that older files have.
+    Returns the folder.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    model = hf_gpt2_from_tf_variables(tf_vars, hparams)
+    state = {name: t.contiguous() for name, t in model.state_dict().items()
+             if name != "lm_head.weight"}  # tied to wte; safetensors refuses shared tensors
+    if buffers:
+        n = hparams["n_ctx"]
+        for i in range(hparams["n_layer"]):
+            state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+            state[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    state = {prefix + name.removeprefix("transformer."): t for name, t in state.items()}
+    folder = hf_model_dir(mirror, size)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "model.safetensors"))
+    model.config.to_json_file(str(folder / "config.json"))
+    return folder
