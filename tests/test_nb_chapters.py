@@ -120,7 +120,7 @@ def test_compares_against_the_library(name):
 @pytest.mark.slow
 def test_ch02_runs_and_matches_tiktoken(tmp_path, monkeypatch, tokenizer, verdict_text):
     text, figures = run("ch02_working_with_text", tmp_path, monkeypatch, data_dir=str(tmp_path / "data"))
-    assert figures >= 3  # token spans, sliding windows, the embedding lookup
+    assert figures >= 4  # token spans, sliding windows, the embedding lookup, positions
 
     bpe_ids = tokenizer.encode(verdict_text)
     match = re.search(r"The Verdict: ([\d,]+) regex tokens, ([\d,]+) BPE tokens", text)
@@ -220,3 +220,42 @@ def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, monkeypatch, toke
     prompt = tokenizer.encode("Hello, I am")
     assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + p["max_new_tokens"]
     assert f"generated: {tokenizer.decode(ids)!r}" in text
+
+
+# --- a planted library bug fails the notebook's own check -----------------------------------
+
+PLANTED = {
+    # the dataset's targets are no longer shifted: the window check against sliding_windows fails
+    "ch02_working_with_text": ("data.py", "return chunk[:-1], chunk[1:]", "return chunk[:-1], chunk[:-1]"),
+    # the library's attention forgets the causal mask: its output differs from the chapter's
+    "ch03_attention": ("model.py", "dropout_p=dropout_p, is_causal=True)", "dropout_p=dropout_p, is_causal=False)"),
+    # the exact GELU instead of GPT-2's tanh approximation: the GELU check fails
+    "ch04_gpt_model": ("model.py", 'nn.GELU(approximate="tanh")', "nn.GELU()"),
+    # OpenAI's configs lose the tied head: the solution's count no longer matches the formula
+    "ch04_gpt_model_solutions": ("gpt2.py", '"tie_weights": True}     # the output head reuses',
+                                 '"tie_weights": False}     # the output head reuses'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_a_planted_library_bug_fails_the_notebook(name, tmp_path, monkeypatch):
+    """Run the notebook against a copy of shared/ with one bug planted: it must stop at its check."""
+    import shutil
+
+    import papermill as pm
+
+    module, old, new = PLANTED[name]
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "shared", repo / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "chapters", repo / "chapters")
+    source = (repo / "shared" / module).read_text()
+    assert source.count(old) == 1, f"the planted line is gone from shared/{module}: update PLANTED"
+    (repo / "shared" / module).write_text(source.replace(old, new))
+    monkeypatch.setenv("PYTHONPATH", str(repo))  # the notebook's sys.path lines find it too (cwd)
+    small = SMALL.get(name, {})
+    with pytest.raises(pm.PapermillExecutionError) as failure:
+        pm.execute_notebook(str(repo / "chapters" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters=small, cwd=str(repo / "chapters"), kernel_name="python3",
+                            progress_bar=False)
+    assert failure.value.ename == "AssertionError", failure.value
