@@ -1,5 +1,5 @@
-"""Chapters 2-4: each notebook runs top to bottom (small parameters) and prints what an
-independent reference computes.
+"""Chapters 2-4: each notebook runs top to bottom (small parameters), prints what an
+independent reference computes, and draws its figures.
 
 The notebooks assert on their own that what they build equals what `shared` exports (same weights,
 equal outputs); a failing assert fails the run here. On top of that, these tests check printed
@@ -43,23 +43,43 @@ def parameter_names(nb):
     return set(re.findall(r"^([A-Za-z_]\w*)\s*=", source, flags=re.M))
 
 
-def run(name, tmp_path, **extra):
+def run(name, tmp_path, monkeypatch, **extra):
+    """Run a chapter with the inline backend (as scripts/commit_outputs.sh does): figures become
+    image/png outputs. Returns (printed text, number of figures)."""
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = run_notebook(f"chapters/{name}.ipynb", {**SMALL[name], **extra}, tmp_path)
-    return cell_text(nb)
+    return cell_text(nb), count_figures(nb)
 
 
 def as_number(text):
     return int(text.replace(",", ""))
 
 
+def count_figures(nb):
+    """Figures an executed notebook drew: its image/png outputs."""
+    return sum("image/png" in output.get("data", {})
+               for cell in code_cells(nb) for output in cell.get("outputs", []))
+
+
+def check_committed_outputs(nb):
+    """A committed notebook is either output-free or the record of one run top to bottom
+    (scripts/commit_outputs.sh): execution counts 1..n in order, no error output."""
+    cells = code_cells(nb)
+    if all(cell.outputs == [] and cell.execution_count is None for cell in cells):
+        return
+    assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1)), \
+        "outputs must come from one run top to bottom (scripts/commit_outputs.sh)"
+    errors = [output for cell in cells for output in cell.outputs if output.output_type == "error"]
+    assert not errors, errors[0].get("ename")
+
+
 # --- committed form ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CHAPTERS)
-def test_committed_without_outputs_with_parameters_cell(name):
+def test_committed_form_with_parameters_cell(name):
     nb = read(name)
     cells = code_cells(nb)
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in cells), \
-        "commit the notebook without outputs (rebuild it from its builder script)"
+    check_committed_outputs(nb)
     assert "parameters" in cells[0].metadata.get("tags", []), "first code cell must be tagged"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[1] is cells[0], \
         "the parameters cell must come right after the title"
@@ -76,6 +96,19 @@ def test_states_its_place_in_the_path(name):
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
+def test_ends_with_exercises_linking_the_solutions(name):
+    nb = read(name)
+    last = nb.cells[-1]
+    number = int(name[2:4])
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises")
+    for k in (1, 2, 3):
+        assert f"**Exercise {number}.{k} \u00b7" in last.source
+    solutions = f"{name}_solutions.ipynb"
+    assert f"]({solutions})" in last.source
+    assert (REPO / "chapters" / solutions).is_file()
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
 def test_compares_against_the_library(name):
     source = "\n".join(cell.source for cell in code_cells(read(name)))
     assert "import shared" in source or "from shared" in source
@@ -85,13 +118,19 @@ def test_compares_against_the_library(name):
 # --- executed ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_ch02_runs_and_matches_tiktoken(tmp_path, tokenizer, verdict_text):
-    text = run("ch02_working_with_text", tmp_path, data_dir=str(tmp_path / "data"))
+def test_ch02_runs_and_matches_tiktoken(tmp_path, monkeypatch, tokenizer, verdict_text):
+    text, figures = run("ch02_working_with_text", tmp_path, monkeypatch, data_dir=str(tmp_path / "data"))
+    assert figures >= 4  # token spans, sliding windows, the embedding lookup, positions
 
     bpe_ids = tokenizer.encode(verdict_text)
     match = re.search(r"The Verdict: ([\d,]+) regex tokens, ([\d,]+) BPE tokens", text)
     assert match and as_number(match.group(2)) == len(bpe_ids)
     assert f"{len(verdict_text):,} characters" in text
+    assert f"{len(verdict_text) / len(bpe_ids):.1f} characters per BPE token" in text
+
+    # the vocabulary's make-up: byte tokens, merged tokens, end of text
+    single = sum(len(tokenizer.decode_single_token_bytes(i)) == 1 for i in range(tokenizer.n_vocab - 1))
+    assert f"{single} single bytes + {tokenizer.n_vocab - 1 - single:,} merged tokens" in text
 
     # how an unknown word splits, straight from tiktoken
     pieces = [tokenizer.decode([i]) for i in tokenizer.encode("someunknownPlace")]
@@ -112,8 +151,9 @@ def test_ch02_runs_and_matches_tiktoken(tmp_path, tokenizer, verdict_text):
 
 
 @pytest.mark.slow
-def test_ch03_runs_and_matches_numpy(tmp_path):
-    text = run("ch03_attention", tmp_path)
+def test_ch03_runs_and_matches_numpy(tmp_path, monkeypatch):
+    text, figures = run("ch03_attention", tmp_path, monkeypatch)
+    assert figures >= 3  # weights heatmap, largest weight vs d_k, before/after the mask
 
     # the simplified self-attention of "journey", recomputed with numpy
     inputs = np.array([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
@@ -123,6 +163,12 @@ def test_ch03_runs_and_matches_numpy(tmp_path):
     expected = weights @ inputs
     printed = re.search(r"context vector of 'journey': ([-\d. ]+)", text).group(1).split()
     np.testing.assert_allclose([float(v) for v in printed], expected, atol=6e-5)
+
+    # dot-product scores: a token does not always score itself highest
+    all_scores = inputs @ inputs.T
+    beaten = int((all_scores.argmax(axis=1) != np.arange(6)).sum())
+    assert beaten > 0
+    assert f"{beaten} of 6 tokens score another token higher than themselves" in text
 
     # the final comparison and the timing ran at the requested size
     p = SMALL["ch03_attention"]
@@ -136,12 +182,13 @@ def test_ch03_runs_and_matches_numpy(tmp_path):
 
 
 @pytest.mark.slow
-def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, tokenizer):
+def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, monkeypatch, tokenizer):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     p = {"vocab_size": 50257, **SMALL["ch04_gpt_model"]}
-    text = run("ch04_gpt_model", tmp_path)
+    text, figures = run("ch04_gpt_model", tmp_path, monkeypatch)
+    assert figures >= 4  # GELU/ReLU, LayerNorm, shortcut gradients, parameter shares
     assert "this chapter's GPTModel == shared.model.GPTModel: equal logits" in text
 
     # Hugging Face's GPT-2 has a bias in its query/key/value projection (qkv_bias=True here)
@@ -149,7 +196,11 @@ def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, tokenizer):
     hf_config = GPT2Config(vocab_size=p["vocab_size"], n_positions=p["context_length"],
                            n_embd=p["emb_dim"], n_layer=p["num_layers"], n_head=p["num_heads"])
     with torch.device("meta"):
-        hf_params = sum(t.numel() for t in GPT2LMHeadModel(hf_config).parameters())
+        hf_model = GPT2LMHeadModel(hf_config)
+    hf_params = sum(t.numel() for t in hf_model.parameters())
+    hf_block = hf_model.transformer.h[0]
+    ff_share = sum(t.numel() for t in hf_block.mlp.parameters()) / sum(t.numel() for t in hf_block.parameters())
+    assert f"feed-forward share of one transformer block: {ff_share:.1%}" in text
     head = p["vocab_size"] * p["emb_dim"]
 
     total = as_number(re.search(r"total parameters:\s+([\d,]+)", text).group(1))
@@ -157,6 +208,11 @@ def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, tokenizer):
     assert tied == hf_params
     assert total == hf_params + head
     assert f"weights in float32: {total * 4 / 2**20:,.2f} MB" in text
+    assert f"AdamW's two averages: {4 * total * 4 / 2**20:,.2f} MB" in text
+
+    # LayerNorm's biased variance against the unbiased one: a factor sqrt(n / (n - 1))
+    for n in (6, 768):
+        assert f"{n:>4} features: outputs differ by up to {1 - np.sqrt((n - 1) / n):.2%}" in text
 
     # greedy generation appended max_new_tokens tokens to the prompt
     ids = re.search(r"tensor\(\[\[([\d,\s]+)\]\]\)\ngenerated:", text).group(1)
@@ -164,3 +220,42 @@ def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, tokenizer):
     prompt = tokenizer.encode("Hello, I am")
     assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + p["max_new_tokens"]
     assert f"generated: {tokenizer.decode(ids)!r}" in text
+
+
+# --- a planted library bug fails the notebook's own check -----------------------------------
+
+PLANTED = {
+    # the dataset's targets are no longer shifted: the window check against sliding_windows fails
+    "ch02_working_with_text": ("data.py", "return chunk[:-1], chunk[1:]", "return chunk[:-1], chunk[:-1]"),
+    # the library's attention forgets the causal mask: its output differs from the chapter's
+    "ch03_attention": ("model.py", "dropout_p=dropout_p, is_causal=True)", "dropout_p=dropout_p, is_causal=False)"),
+    # the exact GELU instead of GPT-2's tanh approximation: the GELU check fails
+    "ch04_gpt_model": ("model.py", 'nn.GELU(approximate="tanh")', "nn.GELU()"),
+    # OpenAI's configs lose the tied head: the solution's count no longer matches the formula
+    "ch04_gpt_model_solutions": ("gpt2.py", '"tie_weights": True}     # the output head reuses',
+                                 '"tie_weights": False}     # the output head reuses'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_a_planted_library_bug_fails_the_notebook(name, tmp_path, monkeypatch):
+    """Run the notebook against a copy of shared/ with one bug planted: it must stop at its check."""
+    import shutil
+
+    import papermill as pm
+
+    module, old, new = PLANTED[name]
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "shared", repo / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "chapters", repo / "chapters")
+    source = (repo / "shared" / module).read_text()
+    assert source.count(old) == 1, f"the planted line is gone from shared/{module}: update PLANTED"
+    (repo / "shared" / module).write_text(source.replace(old, new))
+    monkeypatch.setenv("PYTHONPATH", str(repo))  # the notebook's sys.path lines find it too (cwd)
+    small = SMALL.get(name, {})
+    with pytest.raises(pm.PapermillExecutionError) as failure:
+        pm.execute_notebook(str(repo / "chapters" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters=small, cwd=str(repo / "chapters"), kernel_name="python3",
+                            progress_bar=False)
+    assert failure.value.ename == "AssertionError", failure.value
