@@ -94,10 +94,11 @@ def story_separator(path, block_bytes=16 << 20) -> str:
     return BLANK_LINES
 
 
-def iter_stories(path, separator=None):
-    """Yield the stories of a text file, reading ~CHUNK_BYTES at a time (never the whole file)."""
+def iter_stories(path, separator=None, max_bytes=None):
+    """Yield the stories of a text file (of its first `max_bytes`, rounded up to a story's end),
+    reading ~CHUNK_BYTES at a time (never the whole file)."""
     separator = separator or story_separator(path)
-    for start, end in chunk_ranges(path, separator):
+    for start, end in chunk_ranges(path, separator, max_bytes=max_bytes):
         yield from stories_in_range(path, start, end, separator)
 
 
@@ -131,9 +132,10 @@ def stories_in_range(path, start, end, separator) -> list:
     return split_stories(text, separator)
 
 
-def chunk_ranges(path, separator, chunk_bytes=None) -> list:
+def chunk_ranges(path, separator, chunk_bytes=None, max_bytes=None) -> list:
     """Byte ranges [(start, end), ...] that cover the file, each about `chunk_bytes` long and
-    ending just after a line that ends a story, so that no story is cut in two.
+    ending just after a line that ends a story, so that no story is cut in two. With `max_bytes`
+    they cover only the first `max_bytes` of the file, rounded up to the end of a story.
 
     They are the rows that `datasets.map` hands to the workers: each worker reads its own
     ranges, splits them into stories and encodes them. The parent process only seeks to the
@@ -143,10 +145,11 @@ def chunk_ranges(path, separator, chunk_bytes=None) -> list:
     ends_story = ((lambda s: s == END_OF_TEXT.encode()) if separator == EOT_LINES
                   else (lambda s: s == b""))
     size = Path(path).stat().st_size
+    limit = size if max_bytes is None else min(size, max_bytes)
     ranges, start = [], 0
     with open(path, "rb") as f:
-        while start < size:
-            f.seek(min(start + chunk_bytes, size))
+        while start < limit:
+            f.seek(min(start + chunk_bytes, limit))
             if f.tell() < size:
                 f.readline()  # to the end of the line we landed in
                 while (line := f.readline()) and not ends_story(line.strip()):
@@ -248,9 +251,10 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 # --- inputs and the up-to-date check -----------------------------------------------------------
 
-def _file_source(path, url=None) -> dict:
+def _file_source(path, url=None, max_bytes=None) -> dict:
     stat = Path(path).stat()
-    src = {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    src = {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "max_bytes": max_bytes}  # the slice is an input too: another slice rebuilds
     if url:
         src["url"] = url
     return src
@@ -290,12 +294,15 @@ def _meta(splits: dict) -> dict:
 # --- the pipeline -----------------------------------------------------------------------------
 
 def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="download",
-            num_proc=1, force=False) -> dict:
+            num_proc=1, force=False, max_mb=None) -> dict:
     """Write out_dir/train.bin, val.bin and meta.json; return the meta dict.
 
     source: "download" (the official text files, through shared.download), "files"
     (`train_file` and `val_file`; implied when they are given) or "hf" (the `datasets` hub copy).
-    Nothing is written when meta.json already records the same inputs, unless force=True.
+    max_mb: tokenise only the first `max_mb` MB (2**20 bytes) of each text file, rounded up to
+    the end of a story: a slice of TinyStories that a laptop trains on (None: everything).
+    Nothing is written when meta.json already records the same inputs (slice included), unless
+    force=True.
     """
     from datasets import Dataset
 
@@ -310,6 +317,13 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         raise ValueError(f"source must be 'download', 'files' or 'hf', got {source!r}")
     if num_proc < 1:
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+    max_bytes = None
+    if max_mb is not None:
+        if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
+            raise ValueError(f"max_mb must be a positive number of megabytes, got {max_mb!r}")
+        if source == "hf":
+            raise ValueError("--max-mb slices text files; --source hf reads the hub dataset whole")
+        max_bytes = max(1, int(max_mb * 2**20))
 
     if source == "hf":
         sources = {split: {"dataset": HF_DATASET, "split": hf} for split, hf in HF_SPLITS.items()}
@@ -318,7 +332,7 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         for split, path in files.items():
             if not path.is_file():
                 raise FileNotFoundError(f"{split} file {path} not found")
-        sources = {split: _file_source(path) for split, path in files.items()}
+        sources = {split: _file_source(path, max_bytes=max_bytes) for split, path in files.items()}
     else:  # download: the raw files live in out_dir; an existing copy is not fetched again
         urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
         files = {split: out_dir / name for split, name in OFFICIAL_FILES.items()}
@@ -326,14 +340,15 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
             # With the text files at hand their sizes must match too; without them (deleted
             # after an earlier run) the URLs are the inputs, and nothing is fetched again.
             present = all(p.is_file() for p in files.values())
-            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s]) if present
-                                        else {"url": urls[s]} for s in files})
+            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s], max_bytes) if present
+                                        else {"url": urls[s], "max_bytes": max_bytes}
+                                        for s in files})
             if meta:
                 return meta
         from shared.download import download_file
         for split in files:
             download_file(urls[split], files[split], progress=True)
-        sources = {s: _file_source(files[s], urls[s]) for s in files}
+        sources = {s: _file_source(files[s], urls[s], max_bytes) for s in files}
 
     meta = None if force else up_to_date(out_dir, sources)
     if meta:
@@ -343,7 +358,7 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
     if source != "hf":
         for split, path in files.items():
             separators[split] = story_separator(path)
-            if next(iter_stories(path, separators[split]), None) is None:
+            if next(iter_stories(path, separators[split], max_bytes), None) is None:
                 raise ValueError(f"the {split} file {path} holds no story (it is empty, or only "
                                  "whitespace and <|endoftext|> lines)")
 
@@ -376,12 +391,12 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
             else:
                 separator = separators[split]
                 print(f"{files[split]}: stories separated by {separator}")
-                ranges = chunk_ranges(files[split], separator)
+                ranges = chunk_ranges(files[split], separator, max_bytes=max_bytes)
                 rows = Dataset.from_dict({"path": [str(files[split])] * len(ranges),
                                           "start": [a for a, _ in ranges],
                                           "end": [b for _, b in ranges],
                                           "separator": [separator] * len(ranges)})
-                work_bytes = files[split].stat().st_size
+                work_bytes = ranges[-1][1] if ranges else 0  # the bytes the slice covers
             tokenized = tokenize(rows, num_proc, f"tokenizing {split}",
                                  cache_file=str(tmp / f"{split}.arrow"), work_bytes=work_bytes)
             bin_path = out_dir / f"{split}.bin"
@@ -415,12 +430,16 @@ def main(argv=None):
     parser.add_argument("--val-file", help="local validation text instead of a download")
     parser.add_argument("--num-proc", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="tokeniser processes")
+    parser.add_argument("--max-mb", type=float, default=None,
+                        help="tokenise only the first MAX_MB megabytes of each text file (rounded "
+                             "up to the end of a story): a slice for a laptop; default: all")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if meta.json records the same inputs (with --source hf, "
                              "the dataset name is all it records)")
     args = parser.parse_args(argv)
     try:
-        prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force)
+        prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force,
+                args.max_mb)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
 

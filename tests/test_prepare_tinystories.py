@@ -399,3 +399,67 @@ def test_hf_source_takes_one_story_per_row(tmp_path, monkeypatch, tokenizer):
     before = file_state(tmp_path)
     prep.prepare(tmp_path, source="hf")  # the same hub dataset: nothing to do, not even loading it
     assert file_state(tmp_path) == before and asked == [prep.HF_DATASET]
+
+
+# --- a slice: the first MB of each file -----------------------------------------------------------
+
+def story_end_offsets(raw: bytes, stories):
+    """Byte offset just after each story's text in the file (found in order, independently)."""
+    ends, cursor = [], 0
+    for story in stories:
+        start = raw.index(story.encode("utf-8"), cursor)
+        cursor = start + len(story.encode("utf-8"))
+        ends.append(cursor)
+    return ends
+
+
+@pytest.mark.parametrize("where", ["at-a-story-end", "inside-the-next-story"])
+def test_max_mb_keeps_the_first_stories_up_to_the_slice(tinystories_sample, tmp_path, tokenizer,
+                                                        where):
+    train, val = tinystories_sample
+    raw = train.read_bytes()
+    stories = reference_stories(raw.decode("utf-8"), prep.BLANK_LINES)
+    ends = story_end_offsets(raw, stories)
+    k = len(stories) // 3
+    # a slice that ends right after story k keeps stories 0..k; a slice that reaches a few bytes
+    # into story k+1 is rounded up to its end, so it keeps story k+1 too
+    max_bytes = ends[k] if where == "at-a-story-end" else ends[k] + 5
+    kept = k + 1 if where == "at-a-story-end" else k + 2
+    meta = prep.prepare(tmp_path / "out", train, val, num_proc=1, max_mb=max_bytes / 2**20)
+    tokens = np.asarray(load_tokens(tmp_path / "out" / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(stories[:kept], tokenizer))
+    assert meta["splits"]["train"]["stories"] == kept < len(stories)
+    assert meta["splits"]["train"]["source"]["max_bytes"] == max_bytes
+
+
+def test_another_slice_rebuilds_and_the_same_slice_does_nothing(tinystories_sample, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "out"
+    small = prep.prepare(out, *tinystories_sample, max_mb=0.02)
+    whole = prep.prepare(out, *tinystories_sample)  # no slice: a new input, so a rebuild
+    assert whole["splits"]["train"]["tokens"] > small["splits"]["train"]["tokens"]
+    assert whole["splits"]["train"]["source"]["max_bytes"] is None
+    again = prep.prepare(out, *tinystories_sample, max_mb=0.02)
+    assert again == small and json.loads((out / "meta.json").read_text()) == small
+    before = file_state(out)
+    monkeypatch.setattr(prep, "tokenize", lambda *a, **k: pytest.fail("re-run tokenised again"))
+    prep.main(["--train-file", str(tinystories_sample[0]), "--val-file",
+               str(tinystories_sample[1]), "--out-dir", str(out), "--max-mb", "0.02"])
+    assert file_state(out) == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True, float("nan")])
+def test_a_bad_slice_is_refused(official_files, tmp_path, bad):
+    with pytest.raises(ValueError, match="max_mb must be a positive number"):
+        prep.prepare(tmp_path / "out", *official_files, max_mb=bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_slice_of_the_hub_dataset_is_refused_and_the_cli_explains(official_files, tmp_path,
+                                                                    capsys):
+    with pytest.raises(ValueError, match="--max-mb slices text files"):
+        prep.prepare(tmp_path / "out", source="hf", max_mb=1)
+    with pytest.raises(SystemExit):
+        prep.main(["--train-file", str(official_files[0]), "--val-file", str(official_files[1]),
+                   "--out-dir", str(tmp_path / "out"), "--max-mb", "0"])
+    assert "max_mb must be a positive number" in capsys.readouterr().err
