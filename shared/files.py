@@ -41,8 +41,10 @@ def exclusive_folder(folder, lock_name=".lock"):
     The lock file holds the owner's process id and host. A second process refuses with
     FolderInUse naming the holder; a lock whose process has died (killed, crashed) is taken over.
     The file is created with O_EXCL, so two processes that start together cannot both win.
+    A folder this call created is removed again if it is still empty at the end.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / lock_name
     me = f"{os.getpid()} {socket.gethostname()}"
@@ -67,6 +69,8 @@ def exclusive_folder(folder, lock_name=".lock"):
         with contextlib.suppress(OSError):
             if lock.read_text() == me:
                 lock.unlink()
+            if created:  # a run that failed before writing anything leaves no empty folder
+                folder.rmdir()
 
 
 def _live_owner(lock):

@@ -28,15 +28,23 @@ reads, splits and encodes its own. Only seeking to the cut points and copying th
 into the .bin file stay in the parent, so nearly all of the work is shared out. A split too
 small to repay starting the workers (under ~2 MB a process) uses fewer.
 
-Crash safety and re-runs: a .bin appears under its final name only once it is complete, and
-meta.json (token counts, dtype, vocabulary, source files and sizes) is written last, atomically.
-A dataset without meta.json is unfinished. A re-run whose inputs match meta.json does nothing.
+Crash safety and re-runs: a rebuild writes its .bin files into a staging folder inside OUT_DIR
+and moves them over the old ones only once both are complete, so a full disk or a kill during
+the work leaves the previous dataset as it was. meta.json (token counts, dtype, vocabulary,
+source files and sizes) is written last, atomically; a dataset without it is unfinished. A re-run
+whose inputs match meta.json does nothing. One run at a time: OUT_DIR/.lock names the process
+that holds the folder (shared.files.exclusive_folder), and tokeniser workers die with their
+parent (on Linux), so a killed run leaves none of them working for nobody.
 """
 import argparse
+import ctypes
 import json
+import math
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,8 +52,10 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from shared.cli import existing_file, positive_float, positive_int, writable_dir
+from shared.download import DownloadError
+from shared.files import FolderInUse, atomic_path, exclusive_folder
 from shared.token_files import read_meta
-from shared.files import atomic_path
 from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
 BASE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -94,10 +104,11 @@ def story_separator(path, block_bytes=16 << 20) -> str:
     return BLANK_LINES
 
 
-def iter_stories(path, separator=None):
-    """Yield the stories of a text file, reading ~CHUNK_BYTES at a time (never the whole file)."""
+def iter_stories(path, separator=None, max_bytes=None):
+    """Yield the stories of a text file (of its first `max_bytes`, rounded up to a story's end),
+    reading ~CHUNK_BYTES at a time (never the whole file)."""
     separator = separator or story_separator(path)
-    for start, end in chunk_ranges(path, separator):
+    for start, end in chunk_ranges(path, separator, max_bytes=max_bytes):
         yield from stories_in_range(path, start, end, separator)
 
 
@@ -131,9 +142,10 @@ def stories_in_range(path, start, end, separator) -> list:
     return split_stories(text, separator)
 
 
-def chunk_ranges(path, separator, chunk_bytes=None) -> list:
+def chunk_ranges(path, separator, chunk_bytes=None, max_bytes=None) -> list:
     """Byte ranges [(start, end), ...] that cover the file, each about `chunk_bytes` long and
-    ending just after a line that ends a story, so that no story is cut in two.
+    ending just after a line that ends a story, so that no story is cut in two. With `max_bytes`
+    they cover only the first `max_bytes` of the file, rounded up to the end of a story.
 
     They are the rows that `datasets.map` hands to the workers: each worker reads its own
     ranges, splits them into stories and encodes them. The parent process only seeks to the
@@ -143,10 +155,11 @@ def chunk_ranges(path, separator, chunk_bytes=None) -> list:
     ends_story = ((lambda s: s == END_OF_TEXT.encode()) if separator == EOT_LINES
                   else (lambda s: s == b""))
     size = Path(path).stat().st_size
+    limit = size if max_bytes is None else min(size, max_bytes)
     ranges, start = [], 0
     with open(path, "rb") as f:
-        while start < size:
-            f.seek(min(start + chunk_bytes, size))
+        while start < limit:
+            f.seek(min(start + chunk_bytes, limit))
             if f.tell() < size:
                 f.readline()  # to the end of the line we landed in
                 while (line := f.readline()) and not ends_story(line.strip()):
@@ -186,6 +199,27 @@ def _encoded_rows(story_lists) -> dict:
     return {"ids": ids, "len": [len(x) for x in ids], "stories": counts}
 
 
+_POOL_PARENT = None  # pid of this process while tokenize() runs its worker pool
+
+
+def _die_with_parent():
+    """In a freshly forked tokeniser worker: have Linux kill it when its parent dies.
+
+    A pool worker whose parent was killed (kill -9, an out-of-memory kill) would otherwise go on
+    waiting on its task pipe, or working, for nobody. Runs in every child forked while the pool
+    starts (os.register_at_fork below); PR_SET_PDEATHSIG is Linux's, elsewhere nothing happens.
+    """
+    if _POOL_PARENT is None or os.getppid() != _POOL_PARENT or not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _POOL_PARENT:  # the parent died before the request took effect
+        os._exit(1)
+
+
+os.register_at_fork(after_in_child=_die_with_parent)
+
+
 def tokenize_chunks(batch):
     """datasets.map function for text files: each row is a byte range of a file."""
     return _encoded_rows(stories_in_range(*row) for row in
@@ -206,9 +240,14 @@ def tokenize(dataset, num_proc, desc, cache_file=None, work_bytes=None):
         num_proc = min(num_proc, work_bytes // BYTES_PER_PROCESS)
     num_proc = max(1, min(num_proc, len(dataset)))
     desc += f" ({num_proc} process{'es' if num_proc > 1 else ''})"
-    return dataset.map(function, batched=True, batch_size=1, remove_columns=dataset.column_names,
-                       num_proc=num_proc if num_proc > 1 else None, desc=desc,
-                       cache_file_name=cache_file)
+    global _POOL_PARENT
+    _POOL_PARENT = os.getpid()  # workers forked from here die with this process
+    try:
+        return dataset.map(function, batched=True, batch_size=1,
+                           remove_columns=dataset.column_names, desc=desc,
+                           num_proc=num_proc if num_proc > 1 else None, cache_file_name=cache_file)
+    finally:
+        _POOL_PARENT = None
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -248,9 +287,10 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 # --- inputs and the up-to-date check -----------------------------------------------------------
 
-def _file_source(path, url=None) -> dict:
+def _file_source(path, url=None, max_bytes=None) -> dict:
     stat = Path(path).stat()
-    src = {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    src = {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "max_bytes": max_bytes}  # the slice is an input too: another slice rebuilds
     if url:
         src["url"] = url
     return src
@@ -290,16 +330,17 @@ def _meta(splits: dict) -> dict:
 # --- the pipeline -----------------------------------------------------------------------------
 
 def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="download",
-            num_proc=1, force=False) -> dict:
-    """Write out_dir/train.bin, val.bin and meta.json; return the meta dict.
+            num_proc=1, force=False, max_mb=None) -> dict:
+    """Write out_dir/train.bin, val.bin and meta.json; return the meta dict. One run at a time:
+    out_dir is locked while it works (FolderInUse names the process that holds it).
 
     source: "download" (the official text files, through shared.download), "files"
     (`train_file` and `val_file`; implied when they are given) or "hf" (the `datasets` hub copy).
-    Nothing is written when meta.json already records the same inputs, unless force=True.
+    max_mb: tokenise only the first `max_mb` MB (2**20 bytes) of each text file, rounded up to
+    the end of a story: a slice of TinyStories that a laptop trains on (None: everything).
+    Nothing is written when meta.json already records the same inputs (slice included), unless
+    force=True.
     """
-    from datasets import Dataset
-
-    out_dir = Path(out_dir)
     if (train_file is None) != (val_file is None):
         raise ValueError("give both --train-file and --val-file, or neither")
     if train_file is not None:
@@ -310,6 +351,21 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         raise ValueError(f"source must be 'download', 'files' or 'hf', got {source!r}")
     if num_proc < 1:
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+    max_bytes = None
+    if max_mb is not None:
+        if (isinstance(max_mb, bool) or not isinstance(max_mb, (int, float))
+                or not 0 < max_mb < math.inf):
+            raise ValueError(f"max_mb must be a positive number of megabytes, got {max_mb!r}")
+        if source == "hf":
+            raise ValueError("--max-mb slices text files; --source hf reads the hub dataset whole")
+        max_bytes = max(1, int(max_mb * 2**20))
+
+    with exclusive_folder(out_dir):
+        return _prepare(Path(out_dir), train_file, val_file, source, num_proc, force, max_bytes)
+
+
+def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) -> dict:
+    from datasets import Dataset
 
     if source == "hf":
         sources = {split: {"dataset": HF_DATASET, "split": hf} for split, hf in HF_SPLITS.items()}
@@ -318,7 +374,7 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         for split, path in files.items():
             if not path.is_file():
                 raise FileNotFoundError(f"{split} file {path} not found")
-        sources = {split: _file_source(path) for split, path in files.items()}
+        sources = {split: _file_source(path, max_bytes=max_bytes) for split, path in files.items()}
     else:  # download: the raw files live in out_dir; an existing copy is not fetched again
         urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
         files = {split: out_dir / name for split, name in OFFICIAL_FILES.items()}
@@ -326,14 +382,15 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
             # With the text files at hand their sizes must match too; without them (deleted
             # after an earlier run) the URLs are the inputs, and nothing is fetched again.
             present = all(p.is_file() for p in files.values())
-            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s]) if present
-                                        else {"url": urls[s]} for s in files})
+            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s], max_bytes) if present
+                                        else {"url": urls[s], "max_bytes": max_bytes}
+                                        for s in files})
             if meta:
                 return meta
         from shared.download import download_file
         for split in files:
             download_file(urls[split], files[split], progress=True)
-        sources = {s: _file_source(files[s], urls[s]) for s in files}
+        sources = {s: _file_source(files[s], urls[s], max_bytes) for s in files}
 
     meta = None if force else up_to_date(out_dir, sources)
     if meta:
@@ -343,23 +400,22 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
     if source != "hf":
         for split, path in files.items():
             separators[split] = story_separator(path)
-            if next(iter_stories(path, separators[split]), None) is None:
+            if next(iter_stories(path, separators[split], max_bytes), None) is None:
                 raise ValueError(f"the {split} file {path} holds no story (it is empty, or only "
                                  "whitespace and <|endoftext|> lines)")
 
-    # Rebuild. Remove the old outputs first: whatever a crash leaves under a final name is then
-    # complete and from this run, and the missing meta.json marks the dataset as unfinished.
-    # Temporaries that a killed run left behind (a kill skips all clean-up) go too.
+    # Rebuild, leaving the old dataset in place until the new one is complete. Temporaries that
+    # a killed run left behind (a kill skips all clean-up) are removed first.
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("meta.json", "train.bin", "val.bin"):
-        (out_dir / name).unlink(missing_ok=True)
         for leftover in out_dir.glob(f"{name}.*.tmp"):
             leftover.unlink()
     for leftover in out_dir.glob(".prepare-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     get_tokenizer()  # load (or fetch) the BPE files once, before any worker starts
-    # Arrow files of this run, in a fresh directory: datasets' cache could otherwise hand back
-    # the stories of an older file that had the same path.
+    # This run's Arrow files and new .bin files, in a fresh staging folder inside out_dir (the
+    # same disk, so the final moves are renames; and datasets' cache cannot hand back the
+    # stories of an older file that had the same path).
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     splits = {}
     try:
@@ -376,21 +432,26 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
             else:
                 separator = separators[split]
                 print(f"{files[split]}: stories separated by {separator}")
-                ranges = chunk_ranges(files[split], separator)
+                ranges = chunk_ranges(files[split], separator, max_bytes=max_bytes)
                 rows = Dataset.from_dict({"path": [str(files[split])] * len(ranges),
                                           "start": [a for a, _ in ranges],
                                           "end": [b for _, b in ranges],
                                           "separator": [separator] * len(ranges)})
-                work_bytes = files[split].stat().st_size
+                work_bytes = ranges[-1][1] if ranges else 0  # the bytes the slice covers
             tokenized = tokenize(rows, num_proc, f"tokenizing {split}",
                                  cache_file=str(tmp / f"{split}.arrow"), work_bytes=work_bytes)
-            bin_path = out_dir / f"{split}.bin"
+            bin_path = tmp / f"{split}.bin"
             tokens = write_tokens(tokenized, bin_path)
             n_stories = sum(tokenized["stories"])
             splits[split] = {"file": bin_path.name, "tokens": tokens, "stories": n_stories,
                              "story_separator": separator, "source": sources[split]}
-            print(f"{bin_path}: {n_stories:,} stories, {tokens:,} tokens")
+            print(f"{out_dir / bin_path.name}: {n_stories:,} stories, {tokens:,} tokens")
             del rows, tokenized
+        # Both splits are complete: swap them in. Without meta.json in between, a crash here
+        # leaves a dataset marked unfinished, never a mix of old and new under a valid meta.json.
+        (out_dir / "meta.json").unlink(missing_ok=True)
+        for split in splits:
+            os.replace(tmp / f"{split}.bin", out_dir / f"{split}.bin")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = _meta(splits)
@@ -407,22 +468,31 @@ def main(argv=None):
                      "(the official files); a text file without such a line is split at blank "
                      "lines instead. Re-running with the same inputs does nothing."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out-dir", default="data/tinystories", help="where the .bin files go")
+    parser.add_argument("--out-dir", default="data/tinystories", type=writable_dir,
+                        help="where the .bin files go")
     parser.add_argument("--source", choices=("download", "hf"), default="download",
                         help="download the official text files (into OUT_DIR) or load the "
                              f"Hugging Face dataset {HF_DATASET} through `datasets`")
-    parser.add_argument("--train-file", help="local training text instead of a download")
-    parser.add_argument("--val-file", help="local validation text instead of a download")
-    parser.add_argument("--num-proc", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+    parser.add_argument("--train-file", type=existing_file,
+                        help="local training text instead of a download")
+    parser.add_argument("--val-file", type=existing_file,
+                        help="local validation text instead of a download")
+    parser.add_argument("--num-proc", type=positive_int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="tokeniser processes")
+    parser.add_argument("--max-mb", type=positive_float, default=None,
+                        help="tokenise only the first MAX_MB megabytes of each text file (rounded "
+                             "up to the end of a story): a slice for a laptop; default: all")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if meta.json records the same inputs (with --source hf, "
                              "the dataset name is all it records)")
     args = parser.parse_args(argv)
     try:
-        prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force)
-    except (ValueError, FileNotFoundError) as e:
+        prepare(args.out_dir, args.train_file, args.val_file, args.source, args.num_proc, args.force,
+                args.max_mb)
+    except ValueError as e:  # the arguments do not fit together: a usage error
         parser.error(str(e))
+    except (OSError, FolderInUse, DownloadError) as e:  # a full disk, a busy folder, no network
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,15 +317,17 @@ def crash_on_second_row(monkeypatch):
     monkeypatch.setattr(prep, "CHUNK_BYTES", 1)  # one row per story
 
 
-def test_crash_mid_write_leaves_no_final_file_and_rerun_completes(official_files, tmp_path,
+def test_crash_mid_rebuild_keeps_the_old_dataset_and_rerun_completes(official_files, tmp_path,
                                                                    monkeypatch, tokenizer):
     out = tmp_path / "out"
     prep.prepare(out, *official_files)  # a complete dataset from older inputs...
     official_files[0].write_text(OFFICIAL_TEXT + "One more story.\n", encoding="utf-8")
     crash_on_second_row(monkeypatch)
+    old = file_state(out)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prep.prepare(out, *official_files)  # ...is being rebuilt when the crash comes
-    assert not any((out / n).exists() for n in ("train.bin", "val.bin", "meta.json"))
+    assert file_state(out) == old  # the previous dataset is untouched and still complete
+    assert not list(out.glob(".prepare-*")) and not list(out.glob("*.tmp"))
     # What SIGKILL would leave: a half-written temporary and datasets' scratch folder.
     (out / "train.bin.x1y2z3.tmp").write_bytes(b"junk from a killed run")
     (out / ".prepare-x1y2z3").mkdir()
@@ -399,3 +403,153 @@ def test_hf_source_takes_one_story_per_row(tmp_path, monkeypatch, tokenizer):
     before = file_state(tmp_path)
     prep.prepare(tmp_path, source="hf")  # the same hub dataset: nothing to do, not even loading it
     assert file_state(tmp_path) == before and asked == [prep.HF_DATASET]
+
+
+# --- a slice: the first MB of each file -----------------------------------------------------------
+
+def story_end_offsets(raw: bytes, stories):
+    """Byte offset just after each story's text in the file (found in order, independently)."""
+    ends, cursor = [], 0
+    for story in stories:
+        start = raw.index(story.encode("utf-8"), cursor)
+        cursor = start + len(story.encode("utf-8"))
+        ends.append(cursor)
+    return ends
+
+
+@pytest.mark.parametrize("where", ["at-a-story-end", "inside-the-next-story"])
+def test_max_mb_keeps_the_first_stories_up_to_the_slice(tinystories_sample, tmp_path, tokenizer,
+                                                        where):
+    train, val = tinystories_sample
+    raw = train.read_bytes()
+    stories = reference_stories(raw.decode("utf-8"), prep.BLANK_LINES)
+    ends = story_end_offsets(raw, stories)
+    k = len(stories) // 3
+    # a slice that ends right after story k keeps stories 0..k; a slice that reaches a few bytes
+    # into story k+1 is rounded up to its end, so it keeps story k+1 too
+    max_bytes = ends[k] if where == "at-a-story-end" else ends[k] + 5
+    kept = k + 1 if where == "at-a-story-end" else k + 2
+    meta = prep.prepare(tmp_path / "out", train, val, num_proc=1, max_mb=max_bytes / 2**20)
+    tokens = np.asarray(load_tokens(tmp_path / "out" / "train.bin")).astype(np.int64)
+    np.testing.assert_array_equal(tokens, reference_tokens(stories[:kept], tokenizer))
+    assert meta["splits"]["train"]["stories"] == kept < len(stories)
+    assert meta["splits"]["train"]["source"]["max_bytes"] == max_bytes
+
+
+def test_another_slice_rebuilds_and_the_same_slice_does_nothing(tinystories_sample, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "out"
+    small = prep.prepare(out, *tinystories_sample, max_mb=0.02)
+    whole = prep.prepare(out, *tinystories_sample)  # no slice: a new input, so a rebuild
+    assert whole["splits"]["train"]["tokens"] > small["splits"]["train"]["tokens"]
+    assert whole["splits"]["train"]["source"]["max_bytes"] is None
+    again = prep.prepare(out, *tinystories_sample, max_mb=0.02)
+    assert again == small and json.loads((out / "meta.json").read_text()) == small
+    before = file_state(out)
+    monkeypatch.setattr(prep, "tokenize", lambda *a, **k: pytest.fail("re-run tokenised again"))
+    prep.main(["--train-file", str(tinystories_sample[0]), "--val-file",
+               str(tinystories_sample[1]), "--out-dir", str(out), "--max-mb", "0.02"])
+    assert file_state(out) == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True, float("nan"), float("inf")])
+def test_a_bad_slice_is_refused(official_files, tmp_path, bad):
+    with pytest.raises(ValueError, match="max_mb must be a positive number"):
+        prep.prepare(tmp_path / "out", *official_files, max_mb=bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_slice_of_the_hub_dataset_is_refused_and_the_cli_explains(official_files, tmp_path,
+                                                                    capsys):
+    with pytest.raises(ValueError, match="--max-mb slices text files"):
+        prep.prepare(tmp_path / "out", source="hf", max_mb=1)
+    with pytest.raises(SystemExit):
+        prep.main(["--train-file", str(official_files[0]), "--val-file", str(official_files[1]),
+                   "--out-dir", str(tmp_path / "out"), "--max-mb", "0"])
+    assert "argument --max-mb: must be a finite number > 0, got '0'" in capsys.readouterr().err
+
+
+# --- faults: a full disk, two runs, a killed parent (issue 15, points 1, 2, 3 and 7) -----------------
+
+def test_a_full_disk_during_a_rebuild_keeps_the_old_dataset(official_files, tmp_path, monkeypatch,
+                                                            capsys):
+    import errno
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)
+    before = file_state(out)
+    official_files[0].write_text(OFFICIAL_TEXT + "One more story.\n", encoding="utf-8")
+    real_write = prep.write_tokens
+
+    def disk_fills_on_val(tokenized, path):
+        if path.name == "val.bin":  # train.bin of the new run is already written by now
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(tokenized, path)
+
+    monkeypatch.setattr(prep, "write_tokens", disk_fills_on_val)
+    with pytest.raises(SystemExit) as info:
+        prep.main(["--train-file", str(official_files[0]), "--val-file", str(official_files[1]),
+                   "--out-dir", str(out), "--num-proc", "1"])
+    assert str(info.value.code).startswith("error: ") and "No space left" in str(info.value.code)
+    assert file_state(out) == before  # nothing good was deleted
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("TinyStories")) == \
+        ["meta.json", "train.bin", "val.bin"]
+    assert load_tokens(out / "train.bin").size == json.loads((out / "meta.json").read_text())[
+        "splits"]["train"]["tokens"]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_lock_is_taken_over(
+        official_files, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from shared.files import FolderInUse
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{holder.pid} {socket.gethostname()}")
+        with pytest.raises(FolderInUse, match=f"in use by process {holder.pid}"):
+            prep.prepare(out, *official_files)
+        assert not (out / "train.bin").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    prep.prepare(out, *official_files)  # its holder is dead: the lock is stale
+    assert (out / "meta.json").exists() and not (out / ".lock").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_parent_leaves_no_worker_running(tinystories_sample, tmp_path):
+    """SIGKILL the parent while 2 workers tokenise: they must be gone within seconds, not keep
+    working (or waiting on their task pipe) for nobody."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    big = tmp_path / "big.txt"  # ~12 MB of stories: two workers, several seconds of work
+    sample = tinystories_sample[0].read_text(encoding="utf-8")
+    big.write_text((sample + "\n\n") * (12_000_000 // len(sample)), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(prep.__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "shared.prepare_tinystories", "--train-file",
+                             str(big), "--val-file", str(tinystories_sample[1]), "--out-dir",
+                             str(tmp_path / "out"), "--num-proc", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers = []
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        workers = [c for c in parent.children(recursive=True) if "resource_tracker" not in
+                   " ".join(c.cmdline())]
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the run never started two workers"
+    time.sleep(0.5)  # let them pick up their first rows
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for p in alive:
+        p.kill()
+    assert alive == [], f"{len(alive)} worker(s) still running after the parent was killed"
