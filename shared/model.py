@@ -207,7 +207,10 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         if cfg.get("tie_weights", False):
             self.out_head.weight = self.tok_emb.weight
-        self.reset_parameters()
+        # init="pytorch": every layer drew its PyTorch default above, in the book's order, so
+        # torch.manual_seed(123) gives the book's weights; drawing them again would not.
+        if cfg.get("init", "gpt2") == "gpt2":
+            self.reset_parameters()
 
     def reset_parameters(self):
         """GPT-2's initialisation (cfg["init"] = "gpt2", the default): N(0, 0.02) weights, zero
@@ -218,7 +221,8 @@ class GPTModel(nn.Module):
         cfg["init"] = "pytorch" keeps each layer's PyTorch default instead, as the book's chapter 5
         and the chapter 6 blog post do: N(0, 1) embeddings and uniform(+-1/sqrt(fan_in)) linear
         weights. With an untied head that too starts near ln(vocab_size); a tied head then holds
-        the N(0, 1) embedding, and the initial loss explodes (chapter 6 shows it)."""
+        the N(0, 1) embedding, and the initial loss explodes (chapter 6 shows it). The constructor
+        keeps the draws it made; calling this method draws them again."""
         if self.cfg.get("init", "gpt2") == "pytorch":
             for module in self.modules():
                 if module is not self and hasattr(module, "reset_parameters"):
