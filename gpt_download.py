@@ -5,8 +5,7 @@
 
 The default source, openai, fetches checkpoint, encoder.json, hparams.json,
 model.ckpt.{data-00000-of-00001,index,meta} and vocab.bpe into gpt2/124M/ (resumable, through
-LLM_MIRROR when set), reads the TensorFlow checkpoint and caches its arrays in
-gpt2/124M/params.safetensors. --source huggingface fetches the same weights as Hugging Face's
+LLM_MIRROR when set) and reads the TensorFlow checkpoint. --source huggingface fetches the same weights as Hugging Face's
 config.json and model.safetensors (openai-community/gpt2, ...) into gpt2/huggingface/124M/.
 
 From Python, as in the book:
@@ -20,11 +19,9 @@ any folder; this file is the chapter's familiar entry point.
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from shared.download import DownloadError
-from shared.gpt2 import (GPT2_SIZES, GPT2_SOURCES, PARAMS_CACHE, CorruptCheckpointError,
-                         download_and_load_gpt2)
+from shared.gpt2 import GPT2_SIZES, GPT2_SOURCES, CorruptCheckpointError, download_and_load_gpt2
 
 __all__ = ["download_and_load_gpt2"]
 
@@ -49,8 +46,6 @@ def main(argv=None) -> int:
     print(f"GPT-2 {args.model_size} from {args.source}: {settings}")
     print(f"{len(params['blocks'])} blocks, token embedding {tuple(params['wte'].shape)}; "
           f"loaded in {seconds:.1f} s")
-    if args.source == "openai":
-        print(f"arrays cached in {Path(args.models_dir, args.model_size, PARAMS_CACHE)}")
     return 0
 
 

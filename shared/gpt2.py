@@ -6,10 +6,10 @@
     load_weights_into_gpt(gpt, params)
 
 OpenAI published GPT-2 as TensorFlow 1 checkpoints; shared.tf_checkpoint reads them into numpy
-arrays without TensorFlow (and verifies their checksums). The arrays are also written once beside
-the checkpoint as `params.safetensors`, a format of raw arrays that cannot run code when opened
-(unlike a pickle), which later calls read. Hugging Face hosts the same weights as one
-`model.safetensors` per size (openai-community/gpt2, ...), in the same (in, out) orientation.
+arrays without TensorFlow (and verifies their checksums) about as fast as a safetensors file
+loads, so nothing is cached beside them and a read-only folder of complete files loads as it is.
+Hugging Face hosts the same weights as one `model.safetensors` per size (openai-community/gpt2,
+...), in the same (in, out) orientation.
 
 `params` mirrors the variable names inside the checkpoint, with 'model/' dropped, blocks in a list
 and the leading singleton dimension of the 1x1-convolution weights squeezed away:
@@ -20,7 +20,6 @@ and the leading singleton dimension of the 1x1-convolution weights squeezed away
                  "ln_1": {"g": (C,), "b": (C,)}, "ln_2": {"g": (C,), "b": (C,)}}, ...]}
 """
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ import torch
 import torch.nn as nn
 
 from shared.download import DownloadError, download_file
-from shared.files import atomic_path
 from shared.model import GPT_CONFIG_124M
 from shared.tf_checkpoint import CheckpointFileError, load_variables
 from shared.tokenizer import GPT2_VOCAB_SIZE
@@ -37,7 +35,6 @@ GPT2_MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
-PARAMS_CACHE = "params.safetensors"
 
 # Hugging Face keeps the same weights as safetensors, in OpenAI's orientation.
 GPT2_SOURCES = ("openai", "huggingface")
@@ -185,31 +182,6 @@ def _checked_params(flat: dict, settings: dict, source: Path) -> dict:
     return _unflatten({key: flat[key] for key in shapes})
 
 
-def save_params_cache(params: dict, path) -> Path:
-    """Write params to a safetensors file, under a temporary name first, then renamed."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    with atomic_path(path) as tmp:  # readers see no cache or a complete one, never half of one
-        save_file({k: np.ascontiguousarray(v) for k, v in _flatten(params).items()}, str(tmp))
-    return path
-
-
-def load_params_cache(path, settings: dict) -> dict:
-    """Read params from the safetensors cache; CorruptCheckpointError if it is unusable."""
-    from safetensors.numpy import load_file
-
-    try:
-        flat = load_file(str(path))
-    except Exception as err:
-        raise CorruptCheckpointError(f"{path} is unreadable ({err})") from err
-    expected = gpt2_param_shapes(settings)
-    wrong = [k for k, shape in expected.items() if k not in flat or flat[k].shape != shape]
-    if wrong:
-        raise CorruptCheckpointError(f"{path} lacks or misshapes {', '.join(wrong[:3])}")
-    return _unflatten({k: flat[k] for k in expected})
-
-
 def _check_size_and_source(model_size: str, source: str) -> None:
     if model_size not in GPT2_SIZES:
         raise ValueError(f"unknown GPT-2 size {model_size!r}; "
@@ -314,25 +286,17 @@ def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = 
     """Download GPT-2 `model_size` ("124M", "355M", "774M", "1558M"); return (settings, params).
 
     source="openai" (default) fetches OpenAI's TensorFlow checkpoint into models_dir/<size>/ and
-    reads it without TensorFlow; its arrays are then cached in params.safetensors, which later
-    calls read instead (an unreadable cache is replaced, with a warning).
-    source="huggingface" fetches Hugging Face's model.safetensors and config.json into
-    models_dir/huggingface/<size>/. Both give the same settings and params.
+    reads it without TensorFlow. source="huggingface" fetches Hugging Face's model.safetensors and
+    config.json into models_dir/huggingface/<size>/. Both give the same settings and params.
+    Files already complete are not fetched again and nothing is written beside them, so a
+    read-only folder of complete files loads.
     """
     _check_size_and_source(model_size, source)
     if source == "huggingface":
         return read_hf_checkpoint(download_hf_files(model_size, models_dir, progress))
     model_dir = download_gpt2_files(model_size, models_dir, progress)
     settings = read_hparams(model_dir)
-    cache = model_dir / PARAMS_CACHE
-    if cache.exists():
-        try:
-            return settings, load_params_cache(cache, settings)
-        except CorruptCheckpointError as err:
-            warnings.warn(f"{err}; rebuilding it from the TensorFlow checkpoint", stacklevel=2)
-    params = read_tf_checkpoint(model_dir, settings)
-    save_params_cache(params, cache)
-    return settings, params
+    return settings, read_tf_checkpoint(model_dir, settings)
 
 
 # ---------------------------------------------------------------------------------------------

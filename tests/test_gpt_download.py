@@ -15,7 +15,7 @@ from fake_gpt2 import fake_model_dir, write_fake_gpt2
 from gpt_download import download_and_load_gpt2
 from shared import download
 from shared.download import DownloadError
-from shared.gpt2 import GPT2_FILES, PARAMS_CACHE, CorruptCheckpointError
+from shared.gpt2 import GPT2_FILES, CorruptCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 HPARAMS = {"n_vocab": 50257, "n_ctx": 32, "n_embd": 16, "n_head": 2, "n_layer": 2}
@@ -76,18 +76,19 @@ def test_unknown_size_lists_the_valid_ones(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing fetched
 
 
-def test_reads_every_array_then_uses_the_cache_without_tensorflow(mirror, fake_mirror, tmp_path):
+def test_reads_every_array_without_tensorflow_and_writes_nothing_beside_it(mirror, fake_mirror,
+                                                                            tmp_path):
     _, tf_vars = fake_mirror
     settings, params = download_and_load_gpt2("124M", tmp_path, progress=False)
     assert settings == HPARAMS
     files = sorted(p.name for p in (tmp_path / "124M").iterdir())
-    assert files == sorted([*GPT2_FILES, PARAMS_CACHE])
+    assert files == sorted(GPT2_FILES)  # OpenAI's seven files and nothing else
     for name, expected in tf_vars.items():  # leading 1 of the conv weights squeezed, values intact
         if expected.ndim == 3:
             expected = expected.reshape(expected.shape[1:])
         np.testing.assert_array_equal(array_at(params, name), expected)
 
-    # A fresh interpreter finds the cache and never imports TensorFlow.
+    # A fresh interpreter reads the same arrays and never imports TensorFlow.
     names = sorted(tf_vars)
     code = ("import sys; from gpt_download import download_and_load_gpt2; "
             "from test_gpt_download import array_at, digest; "
@@ -99,31 +100,42 @@ def test_reads_every_array_then_uses_the_cache_without_tensorflow(mirror, fake_m
     assert out.stdout.split() == ["False", digest(tf_vars[n] for n in names)]
 
 
-def test_damaged_cache_is_rebuilt(mirror, fake_mirror, tmp_path):
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="needs POSIX permissions that apply (root ignores them)")
+def test_a_read_only_folder_of_complete_files_loads(mirror, fake_mirror, tmp_path):
+    """Issue 15, point 8: nothing is written beside complete files, so read-only is fine."""
     _, tf_vars = fake_mirror
     download_and_load_gpt2("124M", tmp_path, progress=False)
-    cache = tmp_path / "124M" / PARAMS_CACHE
-    cache.write_bytes(cache.read_bytes()[:1000])  # truncated
-    with pytest.warns(UserWarning, match=PARAMS_CACHE):
+    model_dir = tmp_path / "124M"
+    for extra in [p for p in model_dir.iterdir() if p.name not in GPT2_FILES]:
+        extra.unlink()  # the seven files alone, as copied from another machine
+    model_dir.chmod(0o555)
+    try:
         _, params = download_and_load_gpt2("124M", tmp_path, progress=False)
+    finally:
+        model_dir.chmod(0o755)
     np.testing.assert_array_equal(params["wte"], tf_vars["model/wte"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # rebuilt: a warning now would mean the cache was not
-        _, again = download_and_load_gpt2("124M", tmp_path, progress=False)
-    np.testing.assert_array_equal(again["wte"], tf_vars["model/wte"])
 
 
-def test_cache_is_written_atomically(mirror, tmp_path, monkeypatch):
-    import safetensors.numpy
+def test_a_read_only_folder_is_never_written_to(mirror, fake_mirror, tmp_path, monkeypatch):
+    """The same as root (which ignores permissions): any write under the folder fails the test."""
+    import builtins
+    _, tf_vars = fake_mirror
+    download_and_load_gpt2("124M", tmp_path, progress=False)
+    for extra in [p for p in (tmp_path / "124M").iterdir() if p.name not in GPT2_FILES]:
+        extra.unlink()  # the seven files alone, as copied from another machine
+    model_dir = str(tmp_path / "124M")
+    real_open = builtins.open
 
-    def crash(tensors, filename, *args, **kwargs):
-        Path(filename).write_bytes(b"half a file")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
-    with pytest.raises(KeyboardInterrupt):
-        download_and_load_gpt2("124M", tmp_path, progress=False)
-    leftovers = [p.name for p in (tmp_path / "124M").iterdir() if p.name not in GPT2_FILES]
-    assert leftovers == []  # neither params.safetensors nor its temporary file
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if str(file).startswith(model_dir) and any(c in mode for c in "wax+"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(PermissionError(13, "no")))
+    _, params = download_and_load_gpt2("124M", tmp_path, progress=False)
+    np.testing.assert_array_equal(params["wte"], tf_vars["model/wte"])
 
 
 def test_file_missing_from_the_mirror_is_named(mirror, tmp_path_factory, monkeypatch):
@@ -144,14 +156,12 @@ def test_file_missing_from_the_mirror_is_named(mirror, tmp_path_factory, monkeyp
 def test_damaged_checkpoint_file_is_named(mirror, tmp_path, name, damage):
     model_dir = tmp_path / "124M"
     download_and_load_gpt2("124M", tmp_path, progress=False)
-    (model_dir / PARAMS_CACHE).unlink()
     path = model_dir / name
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(CorruptCheckpointError) as err:
         download_and_load_gpt2("124M", tmp_path, progress=False)
     message = str(err.value)
     assert str(path) in message and "Delete it" in message and "re-run" in message
-    assert not (model_dir / PARAMS_CACHE).exists()  # no half-loaded model gets cached
 
     path.unlink()  # doing what the message says fixes it
     _, params = download_and_load_gpt2("124M", tmp_path, progress=False)
@@ -163,7 +173,7 @@ def test_command_line(mirror, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--model-size", "124M",
                           "--models-dir", str(tmp_path)], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "'n_embd': 16" in run.stdout and (tmp_path / "124M" / PARAMS_CACHE).exists()
+    assert "'n_embd': 16" in run.stdout and (tmp_path / "124M" / "model.ckpt.index").exists()
 
     run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--model-size", "2B"],
                          env=env, capture_output=True, text=True)

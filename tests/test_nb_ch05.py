@@ -142,7 +142,7 @@ def test_runs_top_to_bottom(tmp_path, monkeypatch, gpt2_124m_mirror, tokenizer, 
     assert "NOTE: these weights predict the text no better than word frequencies, so they are not " \
            "OpenAI's trained GPT-2" in text
     assert "[not OpenAI's weights] Every effort moves you" in text
-    assert (tmp_path / "gpt2" / "124M" / "params.safetensors").exists()
+    assert (tmp_path / "gpt2" / "124M" / "model.ckpt.index").exists()
     assert re.search(r"GPT-2 124M\s+[\d.]+\s+[\d.]+", text)
 
     # 6. Every piece the chapter builds equals the library's, and the claims are shown by cells.
