@@ -16,12 +16,11 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
-    """Average batch loss over the first `num_batches` batches (all of them by default)."""
+    """Average batch loss over the first `num_batches` batches (all of them by default).
+
+    An empty loader gives nan, as in the book; create_dataloader_v1 refuses to build one."""
     if len(data_loader) == 0:
-        raise ValueError("the data loader yields no batches: the text is too short for one batch "
-                         "(use a shorter context, a smaller batch or drop_last=False)")
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 (or None for every batch), got {num_batches}")
+        return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total = 0.0
     for i, (input_batch, target_batch) in enumerate(data_loader):
@@ -56,8 +55,6 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        eval_freq, eval_iter, start_context, tokenizer):
     """Plain training loop. Returns (train_losses, val_losses, track_tokens_seen), one entry per
     evaluation (every `eval_freq` optimizer steps, starting with step 0)."""
-    if eval_freq < 1:
-        raise ValueError(f"eval_freq is a number of optimizer steps and must be >= 1, got {eval_freq}")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     for epoch in range(num_epochs):
