@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         settings, params = download_and_load_gpt2(args.model_size, args.models_dir,
                                                   source=args.source)
-    except (DownloadError, CorruptCheckpointError) as err:  # the message says it all: no traceback
+    except (DownloadError, CorruptCheckpointError, OSError) as err:  # the message says it all
         raise SystemExit(f"error: {err}") from None
     seconds = time.perf_counter() - start
     print(f"GPT-2 {args.model_size} from {args.source}: {settings}")

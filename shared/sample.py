@@ -14,7 +14,8 @@ import torch
 
 from shared.device import get_device
 from shared.download import DownloadError
-from shared.checks import check_sampling, check_token_ids
+from shared.checks import check_token_ids
+from shared.cli import non_negative_float, non_negative_int, positive_int
 from shared.generate import generate_stream
 from shared.gpt2 import GPT2_SIZES, GPT2_SOURCES, CorruptCheckpointError, load_pretrained_gpt2
 from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
@@ -43,9 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--source", default="openai", choices=GPT2_SOURCES,
                         help="where the weights come from (default: openai)")
     parser.add_argument("--prompt", default="Every effort moves you")
-    parser.add_argument("--max-new-tokens", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=non_negative_int, default=50)
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0,
+                        help="0 means greedy")
+    parser.add_argument("--top-k", type=positive_int, default=None,
                         help="sample among the k likeliest tokens only")
     parser.add_argument("--seed", type=int, default=None, help="fix the random choices")
     parser.add_argument("--device", default=None,
@@ -56,9 +58,6 @@ def parse_args(argv=None):
     args.prompt_ids = text_to_token_ids(args.prompt, tokenizer)
     try:  # fail before the (slow) model load, with the library's own messages
         check_token_ids(args.prompt_ids, name="the prompt")
-        if args.max_new_tokens < 0:
-            raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-        check_sampling(args.temperature, args.top_k)
     except ValueError as err:
         parser.error(str(err))
     return args, tokenizer
@@ -70,8 +69,8 @@ def main(argv=None) -> int:
         device = get_device(args.device)  # ValueError: no such device here
         model, settings = load_pretrained_gpt2(args.gpt2, args.models_dir, device,
                                                source=args.source)
-    except (DownloadError, CorruptCheckpointError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (DownloadError, CorruptCheckpointError, ValueError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None  # one line: no traceback to read past
     if args.seed is not None:
         torch.manual_seed(args.seed)
 

@@ -191,3 +191,14 @@ def test_command_line_failed_download_is_one_message_without_traceback(tmp_path)
                          env=env, capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.startswith("error: could not download") and "LLM_MIRROR" in run.stderr
+
+
+def test_command_line_os_error_is_one_line(tmp_path):
+    """A file where the models folder should be (issue 15, point 7)."""
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": str(tmp_path / "empty-mirror")}
+    run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--models-dir",
+                          str(a_file)], env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("error: ") and len(run.stderr.strip().splitlines()) == 1

@@ -118,8 +118,10 @@ def test_failed_download_exits_with_its_message(tokenizer, monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
-    (["--top-k", "0"], "top_k must be a positive"),
+    (["--temperature", "-1"], "argument --temperature: must be a finite number >= 0, got '-1'"),
+    (["--temperature", "nan"], "argument --temperature: must be a finite number, got 'nan'"),
+    (["--top-k", "0"], "argument --top-k: must be an integer >= 1, got '0'"),
+    (["--max-new-tokens", "-3"], "argument --max-new-tokens: must be an integer >= 0"),
     (["--prompt", ""], "the prompt is empty"),
     (["--gpt2", "2B"], "invalid choice"),
 ])
@@ -137,3 +139,13 @@ def test_unavailable_device_exits_with_its_message(tokenizer, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         main(["--device", "cuda"])
     assert str(exit_.value.code).startswith("error: device 'cuda' was asked for")
+
+
+def test_os_errors_are_one_line(tokenizer, tmp_path, capsys):
+    """A file where the models folder should be: `error: ...`, exit status 1, no traceback."""
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(a_file), "--device", "cpu"])
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "not-a-folder" in message
