@@ -1,95 +1,252 @@
-"""ch06_modernizing.ipynb: committed clean, imports the library, and runs top to bottom on the sample."""
+"""Chapter 6: the notebook builds each piece, checks it against the library, and runs top to bottom
+on the TinyStories sample; its appendix and its solutions run too.
+
+The notebook asserts on its own that its versions equal the library's (same batches, same RoPE,
+same norm, same block, same schedule, same clipped step, same training history, same greedy
+tokens with a KV cache). These tests check that those checks exist and pass, that they fail when
+the library is broken on purpose (a copy of shared/ with a planted bug), and that printed numbers
+agree with references computed here without the notebook's code.
+"""
+import math
 import re
+import shutil
 
 import nbformat
 import numpy as np
+import papermill as pm
 import pytest
-import torch
 
 from nbrun import REPO, cell_text, run_notebook
-from shared.train_tinystories import build_parser, model_config
 
 NOTEBOOK = "ch06_modernizing.ipynb"
+APPENDIX = "ch06_appendix_engineering.ipynb"
+SOLUTIONS = "ch06_modernizing_solutions.ipynb"
 TINY = {"emb_dim": 32, "num_layers": 1, "num_heads": 2, "context_length": 32}
 
 
-def notebook():
-    return nbformat.read(REPO / NOTEBOOK, as_version=4)
-
-
-def test_committed_without_outputs_and_with_a_parameters_cell():
-    nb = notebook()
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "parameters" in code[0].metadata.get("tags", [])
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# Chapter 6")
-
-
-def test_final_pieces_are_imported_not_pasted():
-    source = "\n".join(c.source for c in notebook().cells if c.cell_type == "code")
-    for name in ("get_batch", "load_tokens", "prepare", "iter_stories", "train", "generate"):
-        assert not re.search(rf"^def {name}\(", source, re.M), f"{name} is redefined in the notebook"
-    for name in ("RotaryEmbedding", "GPTModel", "KVCache", "TransformerBlock"):
-        assert not re.search(rf"^class {name}\b", source, re.M)
-    assert "from shared.prepare_tinystories import" in source and "from shared.trainer import" in source
-    # section 6's model is the command line's, from the function that builds it there
-    assert re.search(r"^modern_cfg = model_config\(", source, re.M)
-
-
-@pytest.mark.slow
-def test_runs_on_the_tinystories_sample(tmp_path, tinystories_sample, tokenizer):
-    train_file, val_file = tinystories_sample
-    params = dict(
-        train_file=str(train_file), val_file=str(val_file), num_proc=2, rss_demo_mb=32,
-        verdict_model=TINY, verdict_iters=6, verdict_batch_size=2, verdict_eval_interval=3,
+def small_params(train_file, val_file):
+    """Every size small: the whole chapter runs in well under a minute on two cores."""
+    return dict(
+        preset="cpu", train_file=str(train_file), val_file=str(val_file), num_proc=1,
+        verdict_model=TINY, verdict_iters=12, verdict_batch_size=2, verdict_eval_interval=3,
+        verdict_patience=2, bug_model={**TINY, "num_layers": 2}, bug_iters=4,
         ablation_model=TINY, ablation_iters=2, ablation_batch_size=2, ablation_eval_interval=2,
         model_size={**TINY, "num_layers": 2, "context_length": 48}, train_iters=4, batch_size=2,
-        eval_interval=2, eval_iters=1, warmup_iters=1, sample_tokens=8, kv_new_tokens=8)
-    nb = run_notebook(NOTEBOOK, params, tmp_path)
-    text = cell_text(nb)
+        eval_interval=2, eval_iters=1, warmup_iters=1, sample_tokens=8, kv_lengths=[4, 8])
 
-    # 3.1: the blog's line loader loses every boundary; the story splitter keeps one per story
-    assert "<|endoftext|> ids (50256) in the blog's tokens: 0" in text
-    assert "<|endoftext|> ids: 2 for 2 stories" in text
 
-    # 3.2: story and token counts, against an independent split and encoding of the sample
+def read(name):
+    return nbformat.read(REPO / name, as_version=4)
+
+
+def code_source(nb):
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+# --- committed form ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [NOTEBOOK, APPENDIX, SOLUTIONS])
+def test_committed_without_outputs_and_with_a_parameters_cell(name):
+    nb = read(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "parameters" in code[0].metadata.get("tags", []) and nb.cells[1] is code[0]
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# Chapter 6")
+    assert 'if (folder / "shared" / "__init__.py").is_file():' in code[1].source
+
+
+def test_presets_set_every_knob_and_state_their_time():
+    source = [c for c in read(NOTEBOOK).cells if c.cell_type == "code"][0].source
+    knobs = {}
+    exec(source, {}, knobs)
+    presets = knobs.pop("PRESETS")
+    assert set(presets) == {"cpu", "gpu"} and knobs["preset"] is None
+    unset = {name for name, value in knobs.items() if value is None} - {"preset", "train_file",
+                                                                       "val_file", "device"}
+    for name, values in presets.items():
+        assert set(values) == unset, f"preset {name} misses {unset - set(values)}"
+    # the GPU preset keeps the chapter's full sizes; the CPU one trains on a slice
+    assert presets["gpu"]["model_size"] == {"emb_dim": 384, "num_layers": 6, "num_heads": 6,
+                                            "context_length": 512}
+    assert presets["gpu"]["train_iters"] == 5000 and presets["gpu"]["max_mb"] is None
+    assert presets["cpu"]["max_mb"] and presets["cpu"]["train_iters"] < presets["gpu"]["train_iters"]
+    for name in ("cpu", "gpu"):  # each preset says how long it takes, and whether that was measured
+        line = re.search(rf'#\s+"{name}": (.*)', source).group(1)
+        assert re.search(r"\d+ ?(-\d+ )?minutes", line) and re.search(
+            r"ESTIMATED|MEASURED", source[source.find(line):source.find(line) + 400])
+
+
+def test_builds_each_piece_and_checks_it_against_the_library():
+    source = code_source(read(NOTEBOOK))
+    built = [r"^def get_batch\(", r"^def lr_at\(", r"^def clip_gradients\(", r"^def evaluate\(",
+             r"^def train_by_hand\(", r"^def rope_angles\(", r"^def rotate_half\(",
+             r"^def apply_rope\(", r"^def rms_norm\(", r"^class PreNormBlock\b",
+             r"^class SeedBlock\b", r"^def forward_with_cache\(", r"^def greedy_with_cache\("]
+    for pattern in built:
+        assert re.search(pattern, source, re.M), pattern
+    compared = ["shared.data.get_batch(", "shared.trainer.get_lr(", "shared.trainer.clip_and_step(",
+                "shared.trainer.train(", "shared.model.RotaryEmbedding(", "shared.model.rotate_half(",
+                "nn.RMSNorm(", 'shared.model.make_norm("rmsnorm"', "shared.model.TransformerBlock(",
+                "use_cache=True"]
+    for call in compared:
+        assert call in source, call
+    # the engineering demos live in the appendix, not in the lesson
+    for demo in ("psutil", "build_parser", "use_decoding_layout", "st_mtime", "chunk_ranges",
+                 "time_module"):
+        assert demo not in source, demo
+    appendix = code_source(read(APPENDIX))
+    for demo in ("psutil", "build_parser().parse_args", "use_decoding_layout", "st_mtime_ns",
+                 "chunk_ranges", "nn.LayerNorm"):
+        assert demo in appendix, demo
+
+
+def test_ends_with_exercises_and_links_solutions_and_appendix():
+    nb = read(NOTEBOOK)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    numbers = re.findall(r"\*\*Exercise 6\.(\d)", text)
+    assert numbers == [str(i) for i in range(1, len(numbers) + 1)] and len(numbers) >= 3
+    assert f"({SOLUTIONS})" in nb.cells[-1].source
+    assert f"({APPENDIX})" in nb.cells[0].source
+    # the claims the review found are gone
+    assert "same experiment" not in text and "shrinking those logits" not in text
+    assert "blog's setup" not in text
+
+
+# --- executed ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_runs_on_the_sample_and_every_check_passes(tmp_path, tinystories_sample, tokenizer,
+                                                   verdict_text):
+    train_file, val_file = tinystories_sample
+    params = small_params(train_file, val_file)
+    text = cell_text(run_notebook(NOTEBOOK, params, tmp_path))
+
+    for confirmation in [
+            "get_batch == shared.data.get_batch (same seed, same windows)",
+            "lr_at == shared.trainer.get_lr at all",
+            "clip_gradients + step == shared.trainer.clip_and_step",
+            "train_by_hand == shared.trainer.train: the same",
+            "rotate_half, rope_angles + apply_rope == shared.model.RotaryEmbedding",
+            "rms_norm == torch.nn.RMSNorm == shared.model.make_norm('rmsnorm', ...)",
+            "PreNormBlock == shared.model.TransformerBlock",
+            "greedy_with_cache == no cache == shared.generate.generate(use_cache=True)",
+            "correct block changes x by 0.0e+00"]:
+        assert confirmation in text, confirmation
+
+    # section 2: the memmap holds the first 90% of The Verdict's ids, two bytes each
+    ids = tokenizer.encode_ordinary(verdict_text)
+    train_bin = tmp_path / "runs" / "ch06" / "verdict-data" / "train.bin"
+    assert train_bin.stat().st_size == 2 * int(0.9 * len(ids))
+    assert np.array_equal(np.fromfile(train_bin, dtype=np.uint16), ids[:int(0.9 * len(ids))])
+
+    # section 4: story and token counts, against an independent split and encoding of the sample
     stories = [s.strip() for s in re.split(r"\n\s*\n", train_file.read_text(encoding="utf-8")) if s.strip()]
     n_tokens = sum(len(tokenizer.encode_ordinary(s)) + 1 for s in stories)
     assert f"train: {len(stories):,} stories, {n_tokens:,} tokens" in text
-    assert "up to date; nothing to do" in text
-    train_bin = np.fromfile(tmp_path / "data" / "tinystories" / "train.bin", dtype=np.uint16)
-    assert len(train_bin) == n_tokens and (train_bin == 50256).sum() == len(stories)
+    assert "<|endoftext|> ids (50256) in the blog's tokens: 0" in text
 
-    # 3.3: resident memory flat with get_batch, growing with a long-lived map
+    # 5.1: the relative-position property, printed score by score
+    scores = dict(re.findall(r"\(offset ([+-]\d+)\): score ([+-][\d.]+)", text))
+    pairs = re.findall(r"\(offset ([+-]\d+)\): score ([+-][\d.]+)", text)
+    for offset, score in pairs:
+        assert score == scores[offset]  # the same offset gives the same score anywhere
+
+    # every printed conclusion agrees with the numbers printed beside it
+    runs = dict(re.findall(r"^(correct pre-norm block|blog's block)\s+loss at initialisation "
+                           r"[\d.]+, after \d+ steps ([\d.]+)", text, re.M))
+    winner = min(runs, key=lambda k: float(runs[k]))
+    by = float(re.search(r"the (.+?) reached the lower validation loss, by ([\d.]+)", text).group(2))
+    assert f"the {winner} reached the lower validation loss" in text
+    assert math.isclose(by, abs(float(runs["correct pre-norm block"]) - float(runs["blog's block"])),
+                        abs_tol=1.5e-3)
+    final = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(
+        r"^  (.+?)\s+([\d.]+) \([+-][\d.]+ vs GPT-2 style\)", text, re.M)}
+    assert len(final) == 4
+    best = min(final, key=final.get)
+    assert f"{best.split(' (')[0]} {'style ' if best.startswith('GPT-2') else ''}reached the lowest " \
+           "validation loss" in text
+    assert re.search(r"(Early stopping (fired|did not fire))", text)
+    assert text.count("--- prompt") == 3
+    assert (tmp_path / "runs" / "ch06" / "modern" / "best.pt").is_file()
+
+
+PLANTED_BUGS = {
+    # file, correct line, broken line, the notebook's check that must catch it
+    "get_batch": ("data.py", "y = windows[:, 1:].contiguous()", "y = windows[:, :-1].contiguous()",
+                  "shared.data.get_batch"),
+    "get_lr": ("trainer.py", "return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)",
+               "return cfg.learning_rate * it / cfg.warmup_iters", "shared.trainer.get_lr"),
+    "rotate_half": ("model.py", "return torch.cat((-x2, x1), dim=-1)",
+                    "return torch.cat((x2, -x1), dim=-1)", "shared.model.rotate_half"),
+    "block": ("model.py", "x = x + self.drop_shortcut(self.ff(self.norm2(x)))",
+              "x = self.norm2(x) + self.drop_shortcut(self.ff(self.norm2(x)))",
+              "library_block"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", list(PLANTED_BUGS))
+def test_a_planted_library_bug_fails_the_notebooks_check(bug, tmp_path, tinystories_sample,
+                                                         monkeypatch):
+    """Run the notebook against a copy of the repository whose shared/ has one bug planted."""
+    file, good, bad, check = PLANTED_BUGS[bug]
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "shared", repo / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / NOTEBOOK, repo / NOTEBOOK)
+    source = (repo / "shared" / file).read_text()
+    assert source.count(good) == 1
+    (repo / "shared" / file).write_text(source.replace(good, bad))
+    monkeypatch.setenv("PYTHONPATH", str(repo))  # the kernel imports the broken copy
+    with pytest.raises(pm.PapermillExecutionError) as failure:
+        pm.execute_notebook(str(repo / NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(repo),
+                            parameters=small_params(*tinystories_sample), kernel_name="python3",
+                            progress_bar=False, execution_timeout=600)
+    assert failure.value.ename == "AssertionError", failure.value.evalue
+    assert check in failure.value.source  # the cell that compares with the library caught it
+
+
+@pytest.mark.slow
+def test_appendix_runs_and_shows_each_engineering_detail(tmp_path, tinystories_sample):
+    train_file, val_file = tinystories_sample
+    params = dict(train_file=str(train_file), val_file=str(val_file), num_proc=1, rss_demo_mb=32,
+                  rss_batches=500, norm_shape=[4, 32, 64], norm_repeats=3,
+                  model_size={**TINY, "num_layers": 2, "context_length": 48}, kv_new_tokens=8)
+    text = cell_text(run_notebook(APPENDIX, params, tmp_path))
+    ranges = [tuple(int(v.replace(",", "")) for v in m) for m in
+              re.findall(r"bytes\s+([\d,]+) -\s+([\d,]+) \(", text)]
+    assert len(ranges) >= 2 and ranges[0][0] == 0
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, no byte skipped
+    raw = train_file.read_bytes()
+    # each range but one at the end of the file ends after a blank line: no story is cut
+    assert all(raw[end - 2:end] == b"\n\n" for _, end in ranges if end < len(raw))
+    assert "up to date; nothing to do" in text and "train.bin untouched" in text
     grew = dict(re.findall(r"(get_batch|long-lived map).*?RSS grew\s+([\d.]+) MB", text))
     assert float(grew["get_batch"]) < 8 < float(grew["long-lived map"])
-
-    # 4: the checks print what they found (the notebook asserts them too)
-    assert re.search(r"RoPE on q, k:\s+output changes by \d\.\de-0[5-9]", text)
-    assert "correct block changes x by 0.0e+00" in text
-
-    # 6: GPT-2's init starts near ln(50304); PyTorch's default init with a tied N(0, 1) embedding
-    # starts far above it (the blog's 143)
-    initial = float(re.search(r"loss before training: ([\d.]+)", text).group(1))
-    default = float(re.search(r"PyTorch default init: loss ([\d.]+)", text).group(1))
-    assert abs(initial - np.log(50304)) < 0.3 and default > initial + 5
-    # (the tied head: the input token gets a logit near emb_dim, the others ~±sqrt(emb_dim))
-    own, emb_dim, spread = map(int, re.search(
-        r"input token itself: (-?\d+) on average \(emb_dim = (\d+)\); spread of all logits: ±(\d+)",
-        text).groups())
-    assert own > 0.75 * emb_dim and 0.5 < spread / emb_dim ** 0.5 < 2
-    best = torch.load(tmp_path / "runs" / "ch06" / "modern" / "best.pt", weights_only=True)
-    size = params["model_size"]  # the model trained is the command line's, at this size
-    cli = build_parser().parse_args([
-        "--data-dir", "d", "--out-dir", "o", "--emb-dim", str(size["emb_dim"]),
-        "--num-layers", str(size["num_layers"]), "--num-heads", str(size["num_heads"]),
-        "--block-size", str(size["context_length"])])
-    assert best["extra"]["model_config"] == model_config(cli)
-    assert text.count("--- prompt") == 3
-
-    # 7: the KV cache gives the same tokens, and so does the decoding layout (transposed strides)
-    assert re.search(r"without cache [\d.]+ s, with cache [\d.]+ s .*; same tokens", text)
-    ff = 4 * params["model_size"]["emb_dim"]
-    assert f"strides ({params['model_size']['emb_dim']}, 1) -> (1, {ff})" in text
+    assert re.search(r"LayerNorm \d+ us, RMSNorm \d+ us per call", text)
+    assert "== the chapter's modern_cfg plus the defaults" in text
+    assert f"strides ({TINY['emb_dim']}, 1) -> (1, {4 * TINY['emb_dim']})" in text
     assert re.search(r"s with weights \(in, out\) \([\d.]+x\); same tokens", text)
-    assert not (tmp_path / "runs" / "ch06" / "rss-demo.bin").exists()  # the demo cleans up
+    assert not (tmp_path / "runs" / "ch06-appendix" / "rss-demo.bin").exists()
+
+
+@pytest.mark.slow
+def test_solutions_compute_the_checkable_answers(tmp_path, tinystories_sample):
+    train_file, val_file = tinystories_sample
+    size = {**TINY}
+    params = dict(train_file=str(train_file), val_file=str(val_file), num_proc=1, model_size=size,
+                  iters=25, batch_size=2, eval_interval=5, eval_iters=1, head_dim=16,
+                  kv_lengths=[4, 8], timing_repeats=1, learning_rate=1e-3)
+    text = cell_text(run_notebook(SOLUTIONS, params, tmp_path))
+    # 6.1: the slowest pair's wavelength, 2*pi*theta^((d-2)/d), from the formula here
+    for theta in (10000, 500):
+        expected = 2 * math.pi * theta ** ((16 - 2) / 16)
+        printed = re.search(rf"rope_theta\s+{theta:,}: the slowest pair turns once every ([\d,]+)",
+                            text).group(1)
+        assert int(printed.replace(",", "")) == round(expected)
+    assert re.search(r"theta [\d,]+ is lower by [\d.]+", text)
+    # 6.2: the first step's learning rate with and without warmup
+    assert "warmup 0 -> 0.001, warmup 20 -> 4.7619e-05" in text
+    # 6.3: 47 spare rows of emb_dim parameters each (tied: counted once)
+    assert f"padding adds {47 * size['emb_dim']:,} parameters" in text
+    # 6.4: identical greedy tokens with and without the cache at every length
+    assert "identical tokens at all 2 lengths" in text
