@@ -20,32 +20,22 @@ def _number(text, kind):
     return value
 
 
-def positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _at_least(kind, low, strict=False):
+    """An argparse type: a finite `kind` (int or float) >= low, or > low when strict."""
+    word, sign = ("an integer" if kind is int else "a finite number"), (">" if strict else ">=")
+
+    def parse(text):
+        value = _number(text, kind)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {word} {sign} {low}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+positive_int = _at_least(int, 1)
+non_negative_int = _at_least(int, 0)
+positive_float = _at_least(float, 0, strict=True)
+non_negative_float = _at_least(float, 0)
 
 
 def probability(text):

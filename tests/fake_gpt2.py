@@ -189,3 +189,15 @@ def write_fake_hf_gpt2(mirror, size, hparams, tf_vars, prefix="transformer.", bu
     save_file(state, str(folder / "model.safetensors"))
     model.config.to_json_file(str(folder / "config.json"))
     return folder
+
+
+def use_offline_mirror(path, monkeypatch):
+    """LLM_MIRROR = `path`, then the usual one; the network is never tried. Returns `path`."""
+    from shared import download
+
+    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(path), os.environ.get("LLM_MIRROR", "")]))
+
+    def offline(url, *args, **kwargs):
+        raise download._SourceError("offline (test)")
+    monkeypatch.setattr(download, "_fetch_with_retries", offline)
+    return path

@@ -12,7 +12,7 @@ import pytest
 import requests
 import torch
 
-from fake_gpt2 import (hf_gpt2_from_tf_variables, hf_model_dir, write_fake_gpt2,
+from fake_gpt2 import (hf_gpt2_from_tf_variables, use_offline_mirror, hf_model_dir, write_fake_gpt2,
                        write_fake_hf_gpt2)
 from shared import download
 from shared.download import DownloadError
@@ -41,13 +41,7 @@ def fake_mirror(tmp_path_factory):
 @pytest.fixture
 def mirror(fake_mirror, monkeypatch):
     """LLM_MIRROR = the fake mirror, then the usual one; the network is never tried."""
-    path, _ = fake_mirror
-    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(path), os.environ.get("LLM_MIRROR", "")]))
-
-    def offline(url, *args, **kwargs):
-        raise download._SourceError("offline (test)")
-    monkeypatch.setattr(download, "_fetch_with_retries", offline)
-    return path
+    return use_offline_mirror(fake_mirror[0], monkeypatch)
 
 
 def tokens(hparams):

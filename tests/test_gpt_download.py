@@ -1,19 +1,17 @@
-"""gpt_download.py: fetching OpenAI's seven files, reading the TensorFlow checkpoint, the cache,
+"""gpt_download.py: fetching OpenAI's seven files, reading the TensorFlow checkpoint, no cache,
 and clear errors for damaged files. A random GPT-2 in OpenAI's layout stands in for the real one."""
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fake_gpt2 import fake_model_dir, write_fake_gpt2
+from fake_gpt2 import fake_model_dir, use_offline_mirror, write_fake_gpt2
 from gpt_download import download_and_load_gpt2
-from shared import download
 from shared.download import DownloadError
 from shared.gpt2 import GPT2_FILES, CorruptCheckpointError
 
@@ -31,13 +29,7 @@ def fake_mirror(tmp_path_factory):
 @pytest.fixture
 def mirror(fake_mirror, monkeypatch):
     """LLM_MIRROR = the fake mirror, then the usual one; the network is never tried."""
-    path, _ = fake_mirror
-    monkeypatch.setenv("LLM_MIRROR", os.pathsep.join([str(path), os.environ.get("LLM_MIRROR", "")]))
-
-    def offline(url, *args, **kwargs):
-        raise download._SourceError("offline (test)")
-    monkeypatch.setattr(download, "_fetch_with_retries", offline)
-    return path
+    return use_offline_mirror(fake_mirror[0], monkeypatch)
 
 
 def array_at(params, tf_name):
