@@ -201,3 +201,14 @@ def use_offline_mirror(path, monkeypatch):
         raise download._SourceError("offline (test)")
     monkeypatch.setattr(download, "_fetch_with_retries", offline)
     return path
+
+
+if __name__ == "__main__":
+    # python tests/fake_gpt2.py MIRROR_DIR: a random GPT-2 124M in OpenAI's exact layout under
+    # MIRROR_DIR/openaipublic.blob.core.windows.net/gpt-2/models/124M/, for an offline machine
+    # that must still run chapter 5's GPT-2 section (the chapter reports such weights as not OpenAI's).
+    import sys
+
+    out = Path(sys.argv[1])
+    write_fake_gpt2(out, "124M", REAL_HPARAMS["124M"])
+    print(f"random GPT-2 124M stand-in written under {fake_model_dir(out, '124M')}")
