@@ -15,12 +15,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmarks.common import (device_name, int_at_least, progress, run_benchmark,
+from benchmarks.common import (device_name, progress, run_benchmark,
                                targets_markdown)
 
 BENCHMARKS = ["train", "generate", "data"]
 
 # Flags for each benchmark at each size. "tiny" is a smoke test (seconds, toy model shapes);
+from shared.cli import at_least
 # "default" measures the 124M shape, the sizes the targets are stated for.
 SIZES = {
     "tiny": {
@@ -46,7 +47,7 @@ def parse_args(argv=None):
                    help="which benchmarks to run (default: all three)")
     p.add_argument("--device", type=device_name, default="cpu",
                    help="'cpu', 'cuda', 'cuda:1', ... (default: cpu)")
-    p.add_argument("--threads", type=int_at_least(1), default=None,
+    p.add_argument("--threads", type=at_least(int, 1), default=None,
                    help="torch.set_num_threads for every benchmark (default: all cores)")
     p.add_argument("--out", help="also write the markdown report to this file")
     p.add_argument("--in-process", action="store_true",

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
-                               median, positive_float, print_report, progress, rss_mb, setup,
+from benchmarks.common import (Report, Target, common_args, fmt_num, machine,
+                               median, print_report, progress, rss_mb, setup,
                                spread, time_alternating)
+from shared.cli import at_least, positive_float
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 PREP_TARGET = 1.7      # 2 processes / 1 process, tokens per second
@@ -46,12 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--prep-mb", type=positive_float, default=16.0,
                    help="size of the training text to tokenise (prepare_tinystories uses one "
                         "process per 2 MB at most, so below 4 MB num_proc=2 runs as 1)")
-    p.add_argument("--num-proc", type=int_at_least(1), nargs="+", default=[1, 2],
+    p.add_argument("--num-proc", type=at_least(int, 1), nargs="+", default=[1, 2],
                    help="tokeniser process counts to compare; the first is the baseline")
     p.add_argument("--memmap-mb", type=positive_float, default=300.0, help="size of the token file")
-    p.add_argument("--batches", type=int_at_least(1), default=2000, help="batches drawn per timed run")
-    p.add_argument("--batch-size", type=int_at_least(1), default=16)
-    p.add_argument("--block-size", type=int_at_least(1), default=1024)
+    p.add_argument("--batches", type=at_least(int, 1), default=2000, help="batches drawn per timed run")
+    p.add_argument("--batch-size", type=at_least(int, 1), default=16)
+    p.add_argument("--block-size", type=at_least(int, 1), default=1024)
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the text and token files go (default: a temporary folder, removed)")
     args = p.parse_args(argv)

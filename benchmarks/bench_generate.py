@@ -24,10 +24,11 @@ import copy
 
 import torch
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
+from benchmarks.common import (Report, Target, common_args, fmt_num, machine,
                                median, print_report, progress, setup, shape_name, spread,
                                time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
+from shared.cli import at_least
 from shared.generate import generate
 from shared.speedups import use_decoding_layout
 from shared.model import GPT_CONFIG_124M, GPTModel
@@ -44,15 +45,15 @@ METHODS = (NO_CACHE, CACHE, CACHE_IO, HF, FLOOR, FLOOR_IO)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(p)
-    p.add_argument("--new-tokens", type=int_at_least(1), default=256)
+    p.add_argument("--new-tokens", type=at_least(int, 1), default=256)
     p.add_argument("--prompt", default="Every effort moves you")
-    p.add_argument("--no-cache-repeats", type=int_at_least(1), default=1,
+    p.add_argument("--no-cache-repeats", type=at_least(int, 1), default=1,
                    help="timed runs of the slow uncached path (default 1)")
-    p.add_argument("--check-tokens", type=int_at_least(0), default=64,
+    p.add_argument("--check-tokens", type=at_least(int, 0), default=64,
                    help="the first N tokens must be identical across the four (default 64)")
-    p.add_argument("--emb-dim", type=int_at_least(1), default=GPT_CONFIG_124M["emb_dim"])
-    p.add_argument("--num-layers", type=int_at_least(1), default=GPT_CONFIG_124M["num_layers"])
-    p.add_argument("--num-heads", type=int_at_least(1), default=GPT_CONFIG_124M["num_heads"])
+    p.add_argument("--emb-dim", type=at_least(int, 1), default=GPT_CONFIG_124M["emb_dim"])
+    p.add_argument("--num-layers", type=at_least(int, 1), default=GPT_CONFIG_124M["num_layers"])
+    p.add_argument("--num-heads", type=at_least(int, 1), default=GPT_CONFIG_124M["num_heads"])
     args = p.parse_args(argv)
     if args.emb_dim % args.num_heads:
         p.error(f"--emb-dim {args.emb_dim} must be divisible by --num-heads {args.num_heads}")

@@ -20,10 +20,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (Report, Target, common_args, fmt_num, int_at_least, machine,
+from benchmarks.common import (Report, Target, common_args, fmt_num, machine,
                                median, print_report, progress, setup, shape_name, spread,
                                time_alternating)
 from benchmarks.hf import copy_weights_to_hf, hf_gpt2
+from shared.cli import at_least
 from shared.model import GPT_CONFIG_124M, GPTModel
 from shared.speedups import sparse_tied_embedding_grad
 
@@ -35,14 +36,14 @@ HF = "HF GPT2LMHeadModel (sdpa), tied head"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(p)
-    p.add_argument("--batch-size", type=int_at_least(1), default=2)
-    p.add_argument("--seq-len", type=int_at_least(1), default=128)
-    p.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed steps per variant")
+    p.add_argument("--batch-size", type=at_least(int, 1), default=2)
+    p.add_argument("--seq-len", type=at_least(int, 1), default=128)
+    p.add_argument("--warmup", type=at_least(int, 0), default=1, help="untimed steps per variant")
     p.add_argument("--dropout", type=float, default=0.0, help="same for every model")
-    p.add_argument("--emb-dim", type=int_at_least(1), default=GPT_CONFIG_124M["emb_dim"])
-    p.add_argument("--num-layers", type=int_at_least(1), default=GPT_CONFIG_124M["num_layers"])
-    p.add_argument("--num-heads", type=int_at_least(1), default=GPT_CONFIG_124M["num_heads"])
-    p.add_argument("--vocab-size", type=int_at_least(1), default=GPT_CONFIG_124M["vocab_size"])
+    p.add_argument("--emb-dim", type=at_least(int, 1), default=GPT_CONFIG_124M["emb_dim"])
+    p.add_argument("--num-layers", type=at_least(int, 1), default=GPT_CONFIG_124M["num_layers"])
+    p.add_argument("--num-heads", type=at_least(int, 1), default=GPT_CONFIG_124M["num_heads"])
+    p.add_argument("--vocab-size", type=at_least(int, 1), default=GPT_CONFIG_124M["vocab_size"])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--all-modes", action="store_true",
                    help="bf16 autocast and torch.compile rows on CPU as well (they are on by "

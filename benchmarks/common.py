@@ -6,7 +6,6 @@ variant about equally, and the ratios between them stay meaningful even when the
 move from run to run.
 """
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -15,23 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shared.cli import at_least
 from shared.device import get_device
 from shared.model import GPT_CONFIG_124M
 
 
 # ---------------------------------------------------------------- setup
-
-def int_at_least(minimum: int):
-    """An argparse type: an int >= minimum. `--repeats 0` then stops with a usage line that names
-    the flag, instead of a traceback from deep inside a benchmark (an empty median, a KeyError)."""
-    def parse(text):
-        value = int(text)  # not a number: argparse says "invalid int value"
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = "int"
-    return parse
-
 
 def device_name(text: str) -> str:
     """An argparse type: a device this machine has (`--device foo` gets a usage line, not a
@@ -43,24 +31,13 @@ def device_name(text: str) -> str:
     return text
 
 
-def positive_float(text) -> float:
-    """An argparse type: a finite float > 0 (a size in MB, say)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
 def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags every benchmark takes: device, threads, repeats, seed."""
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="'cpu', 'cuda', 'cuda:1', ... (default: cpu)")
-    parser.add_argument("--threads", type=int_at_least(1), default=None,
+    parser.add_argument("--threads", type=at_least(int, 1), default=None,
                         help="torch.set_num_threads for every variant (default: all cores)")
-    parser.add_argument("--repeats", type=int_at_least(1), default=None,
+    parser.add_argument("--repeats", type=at_least(int, 1), default=None,
                         help="timed runs per variant; the median is reported")
     parser.add_argument("--seed", type=int, default=123)
     return parser

@@ -20,7 +20,7 @@ def _number(text, kind):
     return value
 
 
-def _at_least(kind, low, strict=False):
+def at_least(kind, low, strict=False):
     """An argparse type: a finite `kind` (int or float) >= low, or > low when strict."""
     word, sign = ("an integer" if kind is int else "a finite number"), (">" if strict else ">=")
 
@@ -32,10 +32,10 @@ def _at_least(kind, low, strict=False):
     return parse
 
 
-positive_int = _at_least(int, 1)
-non_negative_int = _at_least(int, 0)
-positive_float = _at_least(float, 0, strict=True)
-non_negative_float = _at_least(float, 0)
+positive_int = at_least(int, 1)
+non_negative_int = at_least(int, 0)
+positive_float = at_least(float, 0, strict=True)
+non_negative_float = at_least(float, 0)
 
 
 def probability(text):
