@@ -17,11 +17,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 from benchmarks.common import (device_name, progress, run_benchmark,
                                targets_markdown)
+from shared.cli import at_least
 
 BENCHMARKS = ["train", "generate", "data"]
 
 # Flags for each benchmark at each size. "tiny" is a smoke test (seconds, toy model shapes);
-from shared.cli import at_least
 # "default" measures the 124M shape, the sizes the targets are stated for.
 SIZES = {
     "tiny": {

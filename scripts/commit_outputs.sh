@@ -3,7 +3,7 @@
 # reader settings, so the committed files carry the outputs and figures of a real run of the
 # committed code. Run it after changing anything a notebook uses, then commit the notebooks.
 # Optional arguments name the notebooks to run (default: all four); solutions notebooks beside a
-# chapter can be named too. Chapter 6 is too slow for this on a CPU; see README.
+# chapter can be named too. Chapter 6 needs the TinyStories download for its reader run; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || python3 -m venv .venv

@@ -8,8 +8,13 @@ Modules, in the order the book builds them:
     generate    greedy, temperature and top-k decoding, with an optional KV cache
     train       the simple training loop of chapter 5
     plotting    loss curves against epochs and tokens seen
-    files       atomic writes: a crash never leaves half a file under the real name
-    checkpoint  atomic save, weights_only load
-    gpt2        OpenAI GPT-2 configurations and the weight loader
-    device      cuda, else mps, else cpu
+    files       atomic writes and one writer per folder
+    checkpoint  atomic save, all-or-nothing weights_only load
+    gpt2        GPT-2 configurations, OpenAI's and Hugging Face's copies, the weight loader
+    tf_checkpoint  OpenAI's TensorFlow checkpoint read without TensorFlow
+    device      cuda, else mps, else cpu; a non-CPU device is checked against the CPU once
+
+Beside the core: checks (the edge's input rules), cli (argparse types), token_files (train.bin,
+val.bin, meta.json), trainer / distributed (chapter 6's trainer and its DDP calls), speedups,
+prepare_tinystories, train_tinystories and sample (command lines).
 """

@@ -1,9 +1,10 @@
 """The rules the library's entry points check, one function each.
 
-The core a reader studies (shared.model, the training loops) assumes valid input, as the book's
-code does. The functions users call with their own input (generate, the trainer, the command
-lines, the weight loader) check it first with these, so a mistake gets one message that says what
-to do instead of an error from deep inside torch.
+The core a reader studies (the model's forward pass, attention, the training loops) assumes valid
+input, as the book's code does. The functions users call with their own input (GPTModel(cfg),
+generate, create_dataloader_v1, TrainConfig and train, the command lines) check it first with
+these, so a mistake gets one message that says what to do instead of an error from deep inside
+torch. (The weight loader and the checkpoint loader have their own file-specific checks.)
 """
 import math
 import numbers
@@ -44,8 +45,9 @@ def check_token_ids(idx, vocab_size=None, name="idx"):
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"{name} must be a (batch, tokens) tensor of token ids, got {shape}; "
                          "use text_to_token_ids(), which adds the batch dimension")
-    if idx.size(1) == 0:
-        raise ValueError(f"{name} is empty: give at least one token (e.g. <|endoftext|>)")
+    if idx.numel() == 0:
+        raise ValueError(f"{name} is empty: give at least one token in each of at least one row "
+                         "(e.g. <|endoftext|>)")
     if idx.dtype not in (torch.long, torch.int):
         raise ValueError(f"{name} must hold integer token ids (torch.long), got {idx.dtype}")
     # Reading the ids' range means waiting for them: free on the CPU, a stall on a GPU (where a
@@ -86,7 +88,8 @@ def check_sampling(temperature, top_k):
 
 def check_eos(eos_id, vocab=None):
     """An end-of-text id the model can produce; one it never samples would never stop."""
-    if eos_id is not None and not 0 <= eos_id < (vocab or math.inf):
+    if eos_id is not None and (not isinstance(eos_id, numbers.Integral) or isinstance(eos_id, bool)
+                               or not 0 <= eos_id < (vocab or math.inf)):
         valid = f"in [0, {vocab})" if vocab else ">= 0"
         raise ValueError(f"eos_id must be a token id the model can produce, {valid}, got {eos_id}; "
                          "use the tokenizer's end-of-text id (EOT_ID = 50256 for GPT-2)")
@@ -96,14 +99,16 @@ def check_train_config(cfg) -> None:
     """A TrainConfig whose numbers can train a model: finite, in range, a schedule that fits."""
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):  # betas: below
         value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
-    positive = ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
-                "eval_iters")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("warmup_iters", "patience", "weight_decay", "grad_clip", "min_lr"):
+    for name in ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
+                 "eval_iters"):
+        _whole(cfg, name, 1)
+    for name in ("warmup_iters", "patience", "seed"):
+        _whole(cfg, name, 0)
+    if cfg.lr_decay_iters is not None:
+        _whole(cfg, "lr_decay_iters", 1)
+    for name in ("weight_decay", "grad_clip", "min_lr"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("beta1", "beta2"):  # AdamW's moment decay rates; 1 would never forget
@@ -171,3 +176,37 @@ def check_windows(num_tokens, max_length, num_windows, batch_size, drop_last):
             f"the text gives {num_windows} windows, fewer than batch_size={batch_size}, and "
             "drop_last=True would leave no batch at all; use drop_last=False, a smaller batch or "
             "a shorter context")
+
+
+def _whole(cfg, name, low):
+    value = getattr(cfg, name)
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"TrainConfig.{name} must be a whole number >= {low}, got {value!r}")
+
+
+def check_token_array(data, vocab_size=None, name="the token array"):
+    """One stream of token ids (1-D), all below vocab_size: what get_batch and the model assume.
+
+    The largest id is read from meta.json when the array is a token file that prepare_tinystories
+    wrote (reading a whole memmap would pull the file into memory); otherwise it is computed.
+    """
+    import numpy as np
+
+    if np.ndim(data) != 1:
+        raise ValueError(f"{name} must be a 1-D array of token ids (one stream, as load_tokens "
+                         f"returns), got shape {np.shape(data)}; flatten it with .reshape(-1)")
+    if vocab_size is None or len(data) == 0:
+        return
+    filename = getattr(data, "filename", None)
+    if filename:
+        from shared.token_files import read_meta
+        meta = read_meta(os.path.dirname(filename))
+        if meta is not None and "vocab_size" in meta:
+            if meta["vocab_size"] > vocab_size:
+                raise ValueError(f"{name} ({filename}) holds ids up to {meta['vocab_size'] - 1} "
+                                 f"(meta.json), but the model's vocab_size is {vocab_size}")
+            return
+    high = int(np.max(data))
+    if high >= vocab_size or int(np.min(data)) < 0:
+        raise ValueError(f"{name} holds ids up to {high}, but the model's vocab_size is "
+                         f"{vocab_size}: build the model with vocab_size > {high}")

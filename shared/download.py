@@ -103,9 +103,10 @@ def download_file(url, destination, *, progress=True, retries=3, timeout=30, siz
     Raises DownloadError, listing every source tried, when none of them works.
     """
     destination = Path(destination)
-    if destination.exists() and (sha256 is None or _sha256(destination) == sha256):
+    sha256 = sha256.lower() if sha256 else None
+    if destination.is_file() and (sha256 is None or _sha256(destination) == sha256):
         return destination
-    destination.unlink(missing_ok=True)  # a damaged copy (wrong hash): fetch it again
+    # A copy with the wrong digest stays until a good one replaces it (os.replace below).
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = Path(str(destination) + ".part")
 

@@ -6,7 +6,8 @@
     generate_stream        the same loop, yielding each new token as it comes (for a command line)
 
 generate and generate_stream are entry points: they check their arguments (shared.checks) once,
-before the first token, so the loop itself stays as plain as chapter 4's.
+before the first token is computed (for generate_stream, at the first next()), so the loop itself
+stays as plain as chapter 4's.
 """
 import torch
 

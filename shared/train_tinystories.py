@@ -164,7 +164,9 @@ def main(argv=None):
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if ddp:
         local_rank = int(os.environ["LOCAL_RANK"])
-        wanted = get_device(args.device)
+        # The name only: the device self-check would run on GPU 0 in every process, before each
+        # one picks its own GPU (the trainer checks the device it trains on).
+        wanted = get_device(args.device, check=False)
         if wanted.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)

@@ -214,6 +214,8 @@ class Run:
     say: Callable[[str], None]
     autocast: object = None         # bf16 autocast on CUDA, else None
     eval_model: torch.nn.Module | None = None  # model before the DDP wrapper: rank 0 evaluates alone
+    sparse_before: bool = False     # tok_emb.sparse before the run, restored at its end
+    progress: bool = True           # show a progress bar
     iter_num: int = 0
     bad_evals: int = 0              # evaluations since the last better val loss
     history: dict = field(default_factory=_new_history)
@@ -283,8 +285,11 @@ def _save(run, path, optimizer=None, **extra):
 # --- Starting, resuming ------------------------------------------------------------------------------
 
 def _check_data(model, splits, cfg):
-    """The entry point's checks: windows must fit the model and each split."""
+    """The entry point's checks: windows must fit the model and each split, ids the vocabulary."""
     checks.check_window(cfg.block_size, getattr(model, "context_length", None), "block_size")
+    vocab_size = getattr(model, "cfg", {}).get("vocab_size")
+    for name, data in splits.items():
+        checks.check_token_array(data, vocab_size, f"the {name} split")
     for name, data in splits.items():
         if len(data) < cfg.block_size + 1:
             raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
@@ -342,12 +347,13 @@ def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
 
     model.to(device)
     model.train()
+    sparse_before = getattr(getattr(model, "tok_emb", None), "sparse", False)
     if hasattr(model, "tok_emb") and not procs.ddp:  # DDP expects a sparse module's grad sparse
         speedups.sparse_tied_embedding_grad(model)
     optimizer = configure_optimizer(model, cfg.weight_decay, cfg.learning_rate,
                                     (cfg.beta1, cfg.beta2), device.type)
     return Run(cfg, model, model, optimizer, torch.Generator(), device, splits, Path(out_dir),
-               procs, say)
+               procs, say, sparse_before=sparse_before, progress=progress)
 
 
 # --- The loop ----------------------------------------------------------------------------------------
@@ -377,6 +383,16 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     own batches, and only rank 0 evaluates, logs and writes checkpoints.
     """
     run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
+    try:
+        return _train(run, resume)
+    finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
+        if hasattr(model, "tok_emb"):
+            model.tok_emb.sparse = run.sparse_before
+
+
+def _train(run: Run, resume: bool):
+    """Start or resume, then the loop of steps and evaluations."""
+    cfg = run.cfg
     if resume:
         _resume(run)
         if _nothing_left(run):
@@ -393,7 +409,7 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
 
     stop = False if resume else evaluate_and_save(run)  # step 0: the untrained model's loss
     bar = tqdm(total=cfg.max_iters, initial=run.iter_num, dynamic_ncols=True, desc="training",
-               unit="it", disable=not (progress and run.procs.master))
+               unit="it", disable=not (run.progress and run.procs.master))
     while run.iter_num < cfg.max_iters and not stop:
         t0 = time.perf_counter()
         loss, lr = train_step(run)

@@ -316,3 +316,16 @@ def test_a_damaged_file_under_the_final_name_is_replaced_when_its_digest_is_know
     got = download_file(server.url("/files/a.bin"), dest, progress=False,
                         sha256=hashlib.sha256(BODY).hexdigest())
     assert got.read_bytes() == BODY and server.counts["/files/a.bin"] == 1
+
+
+def test_a_file_with_the_wrong_digest_is_kept_when_no_source_can_replace_it(tmp_path):
+    """Nothing is deleted before its replacement is complete; upper-case digests match too."""
+    import hashlib
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(BODY)
+    url = f"http://127.0.0.1:{closed_port()}/files/a.bin"
+    assert download_file(url, dest, progress=False, retries=0,
+                         sha256=hashlib.sha256(BODY).hexdigest().upper()) == dest
+    with pytest.raises(DownloadError):
+        download_file(url, dest, progress=False, retries=0, sha256="0" * 64)
+    assert dest.read_bytes() == BODY

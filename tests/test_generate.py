@@ -179,3 +179,15 @@ def test_bad_arguments_raise(model, kwargs, message, use_cache):
         generate(model, **args)
 
 
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(idx=torch.zeros(0, 3, dtype=torch.long)), "empty"),
+    (dict(eos_id=1.5), "eos_id must be a token id"),
+    (dict(eos_id="50256"), "eos_id must be a token id"),
+])
+def test_more_bad_arguments_are_named(model, kwargs, message):
+    args = dict(idx=torch.tensor([[1, 2]]), max_new_tokens=3, context_size=16)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate(model, **args)

@@ -260,3 +260,39 @@ def test_resume_needs_a_checkpoint_and_block_size_must_fit(verdict_bins, tmp_pat
     with pytest.raises(ValueError, match="context length"):
         train(tiny_model(vocab), train_bin, val_bin, tiny_config(block_size=64), tmp_path,
               progress=False)
+
+
+# --- the edge: what train() and TrainConfig refuse before any work (review follow-up) --------------
+
+@pytest.mark.parametrize("field, value", [("warmup_iters", math.nan), ("lr_decay_iters", math.nan),
+                                          ("eval_iters", 1.5), ("grad_accum_steps", 1.5),
+                                          ("batch_size", 1.5), ("max_iters", math.inf),
+                                          ("patience", math.nan), ("seed", None), ("seed", 1.5)])
+def test_config_refuses_fractional_and_non_finite_counts(field, value):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field} must be a whole number"):
+        TrainConfig(**{field: value})
+
+
+def test_train_refuses_2d_data_and_ids_beyond_the_vocabulary(tmp_path):
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    flat = np.arange(200) % 20
+    with pytest.raises(ValueError, match=r"1-D array of token ids.*\(20, 10\)"):
+        train(model, flat.reshape(20, 10), flat, cfg, tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match=r"the val split holds ids up to 20.*vocab_size is 20"):
+        train(model, flat, flat + 1, cfg, tmp_path / "b", progress=False)
+
+
+def test_train_leaves_the_models_embedding_as_it_found_it(tmp_path):
+    """The sparse tied-gradient speed-up is the run's: afterwards the model trains with any head."""
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1, tie_weights=True))
+    cfg = TrainConfig(max_iters=2, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    data = np.arange(200) % 20
+    train(model, data, data, cfg, tmp_path / "run", progress=False)
+    assert model.tok_emb.sparse is False
+    model.out_head = torch.nn.Linear(8, 2)  # a new head, as for classification: untied now
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()  # AdamW would refuse a sparse gradient
