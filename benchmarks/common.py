@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shared.cli import at_least
-from shared.device import get_device
+from shared.device import device_disagreement, get_device
 from shared.model import GPT_CONFIG_124M
 
 
@@ -45,7 +45,13 @@ def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def setup(args) -> torch.device:
     """Apply --threads and --seed to this process; check and return --device."""
-    device = get_device(args.device)  # a clear error for an unknown or unavailable device
+    device = get_device(args.device, check=False)  # a clear error for an unknown or unavailable device
+    # A device that computes wrong numbers is not benchmarked: timing it, or the CPU in its place
+    # (what get_device would fall back to), would print a table for something that was not asked for.
+    problem = None if device.type == "cpu" else device_disagreement(device)
+    if problem:
+        raise RuntimeError(f"{problem}; not benchmarking it. Try another PyTorch version, or "
+                           "--device cpu.")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads or usable_cores())

@@ -76,8 +76,9 @@ def load_checkpoint(path, model, optimizer=None, map_location=None):
             reason = "it holds objects other than tensors and plain values"
         raise RuntimeError(f"{path} is not a readable checkpoint: {reason}. It may be empty, "
                            "truncated or corrupt: delete it and save (or download) it again.") from None
-    if not isinstance(payload, dict) or "model_state_dict" not in payload:
-        raise RuntimeError(f"{path} does not look like a checkpoint written by save_checkpoint")
+    if not isinstance(payload, dict) or not _is_state_dict(payload.get("model_state_dict")):
+        raise RuntimeError(f"{path} does not look like a checkpoint written by save_checkpoint: "
+                           "it needs a 'model_state_dict' that maps names to tensors")
     model = unwrap_model(model)
     _check_matches(path, payload["model_state_dict"], model.state_dict())
     if optimizer is not None:
@@ -86,6 +87,10 @@ def load_checkpoint(path, model, optimizer=None, map_location=None):
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer_state_dict"])
     return payload.get("extra", {})
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _check_matches(path, saved, expected):

@@ -186,7 +186,15 @@ def main(argv=None):
     lock = exclusive_folder(out_dir) if master else contextlib.nullcontext()
     try:
         with lock:
-            return _run(args, data_dir, out_dir, device, ddp, say)
+            history = _run(args, data_dir, out_dir, device, ddp, say)
+        if ddp:
+            # Leave together. A rank that exits at once can reach interpreter shutdown while
+            # gloo's worker threads still hold a tensor of the last collective, and PyTorch then
+            # aborts ("terminate called without an active exception"; DDP keeps the process
+            # group alive past destroy_process_group). Only on success: after an error the
+            # other ranks may never arrive.
+            dist.barrier()
+        return history
     finally:
         if ddp:
             dist.destroy_process_group()

@@ -255,3 +255,15 @@ def test_failed_save_says_why_in_one_line(tmp_path, monkeypatch):
     assert "ckpt.pt" in message and "No space left" in message and "previous file is kept" in message
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("state", [[1, 2], {"weight": [0.0, 1.0]}, None])
+def test_hand_made_payload_without_a_state_dict_is_refused_clearly(tmp_path, state):
+    """torch.save of a dict that is not ours: one clear line, the model untouched."""
+    model, _ = make(seed=0)
+    path = tmp_path / "hand.pt"
+    torch.save({"model_state_dict": state}, path)
+    before = snapshot(model, None)
+    with pytest.raises(RuntimeError, match="hand.pt does not look like a checkpoint.*maps names to tensors"):
+        load_checkpoint(path, model)
+    assert_untouched(model, None, before)

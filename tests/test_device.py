@@ -137,3 +137,15 @@ def test_real_gpu_agrees_with_the_cpu(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert get_device("cuda") == torch.device("cuda")
+
+
+def test_benchmarks_stop_on_a_device_that_fails_the_check(fake_gpu):
+    """get_device would fall back to the CPU; a benchmark asked for the GPU must not time the CPU."""
+    from benchmarks.common import setup
+    args = SimpleNamespace(device="cuda", threads=torch.get_num_threads(), seed=0)
+    fake_gpu.fault = lambda loss, grads: (loss + 1.5, grads)
+    with pytest.raises(RuntimeError, match="disagrees with the CPU.*not benchmarking it"):
+        setup(args)
+    fake_gpu.fault = lambda loss, grads: (loss, grads)  # a device that agrees is used as asked
+    device_module._checked.clear()
+    assert setup(args) == torch.device("cuda")
