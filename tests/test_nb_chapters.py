@@ -178,7 +178,7 @@ def test_ch03_runs_and_matches_numpy(tmp_path, monkeypatch):
     times = re.findall(r"(?:hand-written attention|\(SDPA\)).*?:\s+([\d.]+) ms", text)
     assert len(times) == 2 and all(float(t) > 0 for t in times)
     score_mb = p["batch_size"] * p["num_heads"] * p["num_tokens"] ** 2 * 4 / 2 ** 20
-    assert f"materialises a {score_mb:.1f} MB score matrix" in text
+    assert f"materialises a {score_mb:.1f} MiB score matrix" in text
 
 
 @pytest.mark.slow
@@ -207,8 +207,8 @@ def test_ch04_runs_and_counts_like_hugging_face_gpt2(tmp_path, monkeypatch, toke
     tied = as_number(re.search(r"with the head tied:\s+([\d,]+)", text).group(1))
     assert tied == hf_params
     assert total == hf_params + head
-    assert f"weights in float32: {total * 4 / 2**20:,.2f} MB" in text
-    assert f"AdamW's two averages: {4 * total * 4 / 2**20:,.2f} MB" in text
+    assert f"weights in float32: {total * 4 / 2**20:,.2f} MiB" in text
+    assert f"AdamW's two averages: {4 * total * 4 / 2**20:,.2f} MiB" in text
 
     # LayerNorm's biased variance against the unbiased one: a factor sqrt(n / (n - 1))
     for n in (6, 768):

@@ -2,7 +2,9 @@
 parameters, draws its figures, and prints answers that match references computed here without
 the notebooks' code: tiktoken called directly, numpy, closed forms, Hugging Face's GPT-2.
 """
+import ast
 import re
+from collections import Counter
 
 import nbformat
 import numpy as np
@@ -20,7 +22,7 @@ SAMPLES = {"accents and emoji": "naïve café 🦙 déjà vu", "digits": "2024-1
            "plain": "Every effort moves you forward."}
 SMALL = {
     "ch02_working_with_text_solutions": {"samples": SAMPLES, "max_length": 4, "strides": [1, 3, 4, 9],
-                                         "num_merges": 60, "merge_step": 20},
+                                         "num_merges": 300, "merge_step": 100},
     "ch03_attention_solutions": {"emb_dim": 64, "head_counts": [1, 2, 4], "num_tokens": 16},
     "ch04_gpt_model_solutions": {"gpu_memory_gib": 16, "emb_dim": 16, "num_heads": 2,
                                  "num_layers": 1, "context_size": 8, "prompt_tokens": 5,
@@ -88,6 +90,30 @@ def test_ch02_solutions(tmp_path, monkeypatch, tokenizer, verdict_text):
     assert len(counts) == p["num_merges"] // p["merge_step"] + 1
     assert counts[0] == sum(not ch.isspace() for ch in verdict_text)
     assert all(a > b for a, b in zip(counts, counts[1:]))
+    # The exact number of merges that halves the symbols, replayed here from the characters with
+    # the chapter's own functions (the solution narrows the table's bracket step by step).
+    found = re.search(r"After (\d+) merges they need fewer than half as many symbols \(([\d,]+) < ", text)
+    assert found, "300 merges halve The Verdict's symbols; the solution must say after how many"
+    k, printed = int(found.group(1)), number(found.group(2))
+    chapter = {"re": re, "Counter": Counter}
+    for cell in code_cells(nbformat.read(REPO / "chapters/ch02_working_with_text.ipynb", as_version=4)):
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, ast.FunctionDef) and node.name in {"split_words", "merge_pair",
+                                                                    "learn_bpe_merges"}:
+                exec(compile(ast.Module([node], type_ignores=[]), "ch02", "exec"), chapter)
+    words = Counter(chapter["split_words"](verdict_text))
+    merges = chapter["learn_bpe_merges"](chapter["split_words"](verdict_text), k)
+
+    def symbols_after(n):
+        total = 0
+        for word, count in words.items():
+            symbols = tuple(word)
+            for pair in merges[:n]:
+                symbols = chapter["merge_pair"](symbols, pair)
+            total += len(symbols) * count
+        return total
+    half = counts[0] / 2
+    assert symbols_after(k) == printed < half <= symbols_after(k - 1)
 
 
 @pytest.mark.slow
