@@ -14,7 +14,9 @@ def atomic_path(path):
 
     The rename is atomic (same folder, os.replace), so readers see the old file or the complete
     new one, never a partial one. If the block raises, the temporary file is deleted and `path`
-    is left as it was.
+    is left as it was. The file's data is flushed to disk (fsync) before the rename and the folder
+    after it: without that, a power cut soon after can leave an empty file under `path` on file
+    systems that write data later than names (ext4's delayed allocation, for one).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -24,10 +26,27 @@ def atomic_path(path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         yield Path(tmp)
+        _sync_file(tmp)
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_file(path):
+    with open(path, "r+b") as f:  # Windows' fsync needs a file open for writing
+        os.fsync(f.fileno())
+
+
+def _sync_folder(folder):
+    if os.name != "posix":  # Windows cannot open a folder; NTFS journals the rename itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FolderInUse(RuntimeError):

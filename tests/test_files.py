@@ -21,6 +21,27 @@ def test_complete_write_replaces_the_file_with_the_usual_permissions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
 
 
+def test_data_reaches_the_disk_before_the_name_and_the_rename_after(tmp_path, monkeypatch):
+    """fsync the file, then rename, then fsync the folder: the order that survives a power cut."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync folder" if stat.S_ISDIR(info.st_mode) else "fsync file", info.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.getsize(src)))
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with atomic_path(tmp_path / "data.txt") as tmp:
+        tmp.write_text("complete")
+    assert [name for name, _ in events] == ["fsync file", "replace", "fsync folder"]
+    assert events[0][1] == len("complete")  # the synced file is the finished one
+    assert (tmp_path / "data.txt").read_text() == "complete"
+
+
 def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("old")
