@@ -7,6 +7,10 @@ import torch
 from shared.files import atomic_path
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded here: damaged, not ours, or of another model or optimizer."""
+
+
 def unwrap_model(model):
     """The plain module inside DistributedDataParallel (.module) or torch.compile (._orig_mod)."""
     model = getattr(model, "module", model)
@@ -58,13 +62,12 @@ def _check_plain(value, where):
                         "convert with float(), int(), dict() or .tolist()")
 
 
-def load_checkpoint(path, model, optimizer=None, map_location=None):
-    """Restore model (and optimizer) state from `path`; returns the extra fields as a dict.
+def read_checkpoint(path, map_location=None) -> dict:
+    """The payload of a file that save_checkpoint wrote, read with weights_only=True.
 
     weights_only=True means the file is read as tensors and plain containers only: a checkpoint
-    from an untrusted source cannot run code on your machine. Loading is all or nothing: the file
-    is checked against the model (and optimizer) first, so a checkpoint of another model
-    configuration raises and leaves both untouched.
+    from an untrusted source cannot run code on your machine. Anything else raises
+    CheckpointError in one line (FileNotFoundError stays itself).
     """
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -74,11 +77,22 @@ def load_checkpoint(path, model, optimizer=None, map_location=None):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in reason:  # torch's advice to unpickle arbitrary code: not ours to give
             reason = "it holds objects other than tensors and plain values"
-        raise RuntimeError(f"{path} is not a readable checkpoint: {reason}. It may be empty, "
-                           "truncated or corrupt: delete it and save (or download) it again.") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {reason}. It may be empty, "
+                              "truncated or corrupt: delete it and save (or download) it again.") from None
     if not isinstance(payload, dict) or not _is_state_dict(payload.get("model_state_dict")):
-        raise RuntimeError(f"{path} does not look like a checkpoint written by save_checkpoint: "
-                           "it needs a 'model_state_dict' that maps names to tensors")
+        raise CheckpointError(f"{path} does not look like a checkpoint written by save_checkpoint: "
+                              "it needs a 'model_state_dict' that maps names to tensors")
+    return payload
+
+
+def load_checkpoint(path, model, optimizer=None, map_location=None):
+    """Restore model (and optimizer) state from `path`; returns the extra fields as a dict.
+
+    The file is read by read_checkpoint (no code is unpickled). Loading is all or nothing: the
+    file is checked against the model (and optimizer) first, so a checkpoint of another model
+    configuration raises and leaves both untouched.
+    """
+    payload = read_checkpoint(path, map_location)
     model = unwrap_model(model)
     _check_matches(path, payload["model_state_dict"], model.state_dict())
     if optimizer is not None:
@@ -97,24 +111,24 @@ def _check_matches(path, saved, expected):
     """Same tensor names and shapes, or a one-line error naming the first difference."""
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
     if missing or unexpected:
-        raise RuntimeError(f"{path} was saved from another model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}; build the model with the config it was "
-                           "saved with (its 'model_config' field)")
+        raise CheckpointError(f"{path} was saved from another model: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}; build the model with the config it was "
+                              "saved with (its 'model_config' field)")
     for name, tensor in expected.items():
         if saved[name].shape != tensor.shape:
-            raise RuntimeError(f"{path} was saved from another model configuration: {name} has "
-                               f"shape {tuple(saved[name].shape)} there, {tuple(tensor.shape)} here")
+            raise CheckpointError(f"{path} was saved from another model configuration: {name} has "
+                                  f"shape {tuple(saved[name].shape)} there, {tuple(tensor.shape)} here")
 
 
 def _check_optimizer(path, payload, optimizer):
     if "optimizer_state_dict" not in payload:
-        raise RuntimeError(f"{path} holds no optimizer state; load it without an optimizer")
+        raise CheckpointError(f"{path} holds no optimizer state; load it without an optimizer")
     saved_type = payload.get("optimizer_type")
     if saved_type is not None and saved_type != type(optimizer).__name__:
-        raise RuntimeError(f"{path} holds the state of a {saved_type} optimizer, not of a "
-                           f"{type(optimizer).__name__}; build the same optimizer to resume")
+        raise CheckpointError(f"{path} holds the state of a {saved_type} optimizer, not of a "
+                              f"{type(optimizer).__name__}; build the same optimizer to resume")
     saved_groups = payload["optimizer_state_dict"]["param_groups"]
     sizes = [len(g["params"]) for g in saved_groups]
     if sizes != [len(g["params"]) for g in optimizer.param_groups]:
-        raise RuntimeError(f"{path} holds optimizer state for parameter groups of sizes {sizes}, "
-                           "which do not match this optimizer's")
+        raise CheckpointError(f"{path} holds optimizer state for parameter groups of sizes {sizes}, "
+                              "which do not match this optimizer's")

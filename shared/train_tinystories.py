@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from shared import checks
+from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, writable_dir)
 from shared.token_files import load_tokens, read_meta
@@ -138,12 +139,12 @@ def _saved_model_config(last_path: Path) -> dict:
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: {last_path} not found; run without --resume to start "
                                 "training")
-    try:
-        payload = torch.load(last_path, map_location="cpu", weights_only=True)
-        return payload["extra"]["model_config"]
-    except Exception as err:
-        raise RuntimeError(f"{last_path} is not a readable checkpoint of this script ({err}); "
-                           "delete it to start over, or point --out-dir at the right run") from err
+    extra = read_checkpoint(last_path, map_location="cpu").get("extra")
+    config = extra.get("model_config") if isinstance(extra, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{last_path} holds no model_config, so this script did not write it; "
+                              "delete it to start over, or point --out-dir at the right run")
+    return config
 
 
 def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
@@ -233,5 +234,7 @@ def _run(args, data_dir, out_dir, device, ddp, say):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError, FolderInUse, RuntimeError) as err:  # the message, no traceback
+    # The user's mistakes and the machine's state: the message, no traceback. Anything else
+    # (a bug, CUDA out of memory) keeps its traceback.
+    except (ValueError, OSError, FolderInUse, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -260,3 +260,29 @@ def test_cli_turns_os_errors_into_one_line(data_dir, tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1 and result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_damaged_checkpoint_is_one_line_but_a_bug_keeps_its_traceback(data_dir, tmp_path, monkeypatch):
+    """The user's mistakes and the machine's state give one line; an unexpected RuntimeError (a bug,
+    CUDA out of memory) is not hidden behind one."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, "-m", "shared.train_tinystories", "--data-dir",
+                             str(data_dir), "--out-dir", str(out), "--resume", *TINY],
+                            cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert "last.pt is not a readable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    import runpy
+    import shared.trainer
+
+    def broken_train(*args, **kwargs):
+        raise RuntimeError("a bug deep inside training")
+    monkeypatch.setattr(shared.trainer, "train", broken_train)
+    monkeypatch.setattr(sys, "argv", ["train_tinystories", "--data-dir", str(data_dir), "--out-dir",
+                                      str(tmp_path / "fresh"), "--max-iters", "2", *TINY])
+    with pytest.raises(RuntimeError, match="a bug deep inside training"):  # not SystemExit
+        runpy.run_module("shared.train_tinystories", run_name="__main__")
