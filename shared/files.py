@@ -42,11 +42,14 @@ def _sync_file(path):
 def _sync_folder(folder):
     if os.name != "posix":  # Windows cannot open a folder; NTFS journals the rename itself
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some network and FUSE file systems refuse it; the rename is done regardless
+        pass
 
 
 class FolderInUse(RuntimeError):

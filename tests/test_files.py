@@ -42,6 +42,20 @@ def test_data_reaches_the_disk_before_the_name_and_the_rename_after(tmp_path, mo
     assert (tmp_path / "data.txt").read_text() == "complete"
 
 
+def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path, monkeypatch):
+    """Some network and FUSE file systems answer EINVAL to a folder's fsync: the file is in place."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument (test)")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with atomic_path(tmp_path / "data.txt") as tmp:
+        tmp.write_text("complete")
+    assert (tmp_path / "data.txt").read_text() == "complete"
+
+
 def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("old")
