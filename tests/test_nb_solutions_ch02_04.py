@@ -139,6 +139,11 @@ def test_ch03_solutions(tmp_path, monkeypatch):
     weights = np.exp(cos[1]) / np.exp(cos[1]).sum()
     printed = re.search(r"'journey', cosine scores: ([-\d. ]+)", text).group(1).split()
     np.testing.assert_allclose([float(v) for v in printed], weights @ x, atol=6e-5)
+    # ... and, row by row, whether cosine weights pull the context vector towards the mean input
+    soft = lambda s: np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+    mean = x.mean(axis=0)
+    closer = (np.linalg.norm(soft(cos) @ x - mean, axis=1) < np.linalg.norm(soft(dot) @ x - mean, axis=1))
+    assert f"closer to the mean input for {closer.sum()} of 6 rows" in text
 
     # 3.2: a 0 in the future scores still gets e^0 of the weight
     future = np.triu(np.ones((6, 6), dtype=bool), k=1)
