@@ -1,5 +1,7 @@
 """Saving and restoring a model with its optimizer, atomically and without unpickling code."""
 import collections
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -71,11 +73,16 @@ def read_checkpoint(path, map_location=None) -> dict:
     """
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        raise  # the path, not the file's contents: torch's own error says it (a cut file is EINVAL)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in reason:  # torch's advice to unpickle arbitrary code: not ours to give
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch colours part of its message
+        if "torch.cuda.is_available() is False" in text:
+            raise CheckpointError(f"{path} holds tensors saved on a GPU and this machine has none: "
+                                  "load it with map_location='cpu'") from None
+        reason = text.splitlines()[0] if text else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError) or "weights only" in reason.lower():
+            # torch's advice to unpickle arbitrary code is not ours to give
             reason = "it holds objects other than tensors and plain values"
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason}. It may be empty, "
                               "truncated or corrupt: delete it and save (or download) it again.") from None
@@ -85,14 +92,20 @@ def read_checkpoint(path, map_location=None) -> dict:
     return payload
 
 
-def load_checkpoint(path, model, optimizer=None, map_location=None):
+def load_checkpoint(path, model, optimizer=None, map_location=None, required=()):
     """Restore model (and optimizer) state from `path`; returns the extra fields as a dict.
 
     The file is read by read_checkpoint (no code is unpickled). Loading is all or nothing: the
-    file is checked against the model (and optimizer) first, so a checkpoint of another model
-    configuration raises and leaves both untouched.
+    file is checked against the model (and optimizer) first, and must hold the extra fields named
+    in `required`, so a checkpoint of another model configuration (or another writer) raises and
+    leaves both untouched.
     """
     payload = read_checkpoint(path, map_location)
+    extra = payload.get("extra", {})
+    missing = [key for key in required if not isinstance(extra, dict) or key not in extra]
+    if missing:
+        raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was not written by the "
+                              "code that needs them (shared.trainer.train writes them for resume)")
     model = unwrap_model(model)
     _check_matches(path, payload["model_state_dict"], model.state_dict())
     if optimizer is not None:

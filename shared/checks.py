@@ -130,6 +130,10 @@ def check_generate_args(model, idx, max_new_tokens, context_size, temperature, t
 
     core = unwrap_model(model)
     check_token_ids(idx, core.cfg["vocab_size"] if hasattr(core, "cfg") else None)
+    weight = next(core.parameters(), None)
+    if weight is not None and idx.device != weight.device:
+        raise ValueError(f"the token ids are on {idx.device} but the model is on {weight.device}: "
+                         f"move them first, e.g. idx.to({str(weight.device)!r})")
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
     check_window(context_size, getattr(core, "context_length", None))

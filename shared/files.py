@@ -35,7 +35,8 @@ def atomic_path(path):
 
 
 def _sync_file(path):
-    with open(path, "r+b") as f:  # Windows' fsync needs a file open for writing
+    # POSIX syncs through a read-only handle (the file may be read-only); Windows needs write access
+    with open(path, "rb" if os.name == "posix" else "r+b") as f:
         os.fsync(f.fileno())
 
 

@@ -302,7 +302,8 @@ def _resume(run: Run):
     if not last_path.is_file():
         raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {run.out_dir}; "
                                 "start without resume")
-    state = load_checkpoint(last_path, run.raw_model, run.optimizer, map_location=run.device)
+    state = load_checkpoint(last_path, run.raw_model, run.optimizer, map_location=run.device,
+                            required=("iter_num", "bad_evals", "history", "rng"))
     run.iter_num, run.bad_evals, run.history = state["iter_num"], state["bad_evals"], state["history"]
     rng, procs = state["rng"], run.procs
     if len(rng) == procs.world_size:

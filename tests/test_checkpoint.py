@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.model import GPT_CONFIG_124M, GPTModel
 
 Point = collections.namedtuple("Point", "x y")
@@ -123,9 +123,11 @@ def test_load_is_weights_only(tmp_path):
     assert RAN == ["code ran while loading"]
     RAN.clear()
 
-    with pytest.raises(RuntimeError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match="evil.pt") as info:
         load_checkpoint(path, make(seed=1)[0])
     assert RAN == []
+    message = str(info.value)  # torch's "can still be loaded" advice, coloured, is not passed on
+    assert "other than tensors" in message and "can still be loaded" not in message and "\x1b" not in message
 
 
 def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
@@ -267,3 +269,35 @@ def test_hand_made_payload_without_a_state_dict_is_refused_clearly(tmp_path, sta
     with pytest.raises(RuntimeError, match="hand.pt does not look like a checkpoint.*maps names to tensors"):
         load_checkpoint(path, model)
     assert_untouched(model, None, before)
+
+
+def test_a_good_file_is_never_called_corrupt(tmp_path, monkeypatch):
+    """A folder or a GPU checkpoint on a CPU-only machine: the error says what to do, not "delete it"."""
+    model, _ = make(seed=0)
+    with pytest.raises(IsADirectoryError):
+        load_checkpoint(tmp_path, model)
+    path = save_checkpoint(tmp_path / "gpu.pt", model)
+    real_load = torch.load
+
+    def load_without_cuda(*args, **kwargs):  # torch's own words when a CUDA tensor meets no GPU
+        real_load(*args, **kwargs)
+        raise RuntimeError("Attempting to deserialize object on a CUDA device but "
+                           "torch.cuda.is_available() is False. If you are running on a CPU-only "
+                           "machine, please use torch.load with map_location=torch.device('cpu').")
+    monkeypatch.setattr(torch, "load", load_without_cuda)
+    with pytest.raises(CheckpointError, match="saved on a GPU.*map_location='cpu'") as info:
+        load_checkpoint(path, model)
+    assert "corrupt" not in str(info.value)
+
+
+def test_required_fields_are_checked_before_anything_loads(tmp_path, batch):
+    """A checkpoint without the fields a caller needs (resume) is refused, model and optimizer untouched."""
+    model, optimizer = make(seed=0)
+    train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer, epochs=1)
+    other, other_opt = make(seed=1)
+    before = snapshot(other, other_opt)
+    with pytest.raises(CheckpointError, match="holds no iter_num, history"):
+        load_checkpoint(path, other, other_opt, required=("epochs", "iter_num", "history"))
+    assert_untouched(other, other_opt, before)
+    assert load_checkpoint(path, other, other_opt, required=("epochs",)) == {"epochs": 1}

@@ -191,3 +191,12 @@ def test_more_bad_arguments_are_named(model, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         generate(model, **args)
+
+
+def test_ids_on_another_device_than_the_model_are_refused_at_the_edge():
+    """The commonest notebook slip: the model moved to the GPU, the prompt left on the CPU."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY).to("meta")  # any device other than the ids' will do
+    idx = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"token ids are on cpu but the model is on meta.*idx.to\('meta'\)"):
+        generate(model, idx, max_new_tokens=2, context_size=16)
