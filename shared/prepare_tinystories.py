@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from shared.checks import check_positive
 from shared.cli import existing_file, positive_float, positive_int, writable_dir
 from shared.download import DownloadError
 from shared.files import FolderInUse, atomic_path, exclusive_folder
@@ -336,7 +337,7 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
 
     source: "download" (the official text files, through shared.download), "files"
     (`train_file` and `val_file`; implied when they are given) or "hf" (the `datasets` hub copy).
-    max_mb: tokenise only the first `max_mb` MB (2**20 bytes) of each text file, rounded up to
+    max_mb: tokenise only the first `max_mb` MiB (2**20 bytes) of each text file, rounded up to
     the end of a story: a slice of TinyStories that a laptop trains on (None: everything).
     Nothing is written when meta.json already records the same inputs (slice included), unless
     force=True.
@@ -349,13 +350,12 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         source = "files"
     if source not in ("download", "files", "hf"):
         raise ValueError(f"source must be 'download', 'files' or 'hf', got {source!r}")
-    if num_proc < 1:
-        raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+    check_positive(num_proc=num_proc)
     max_bytes = None
     if max_mb is not None:
         if (isinstance(max_mb, bool) or not isinstance(max_mb, (int, float))
                 or not 0 < max_mb < math.inf):
-            raise ValueError(f"max_mb must be a positive number of megabytes, got {max_mb!r}")
+            raise ValueError(f"max_mb must be a positive number of MiB, got {max_mb!r}")
         if source == "hf":
             raise ValueError("--max-mb slices text files; --source hf reads the hub dataset whole")
         max_bytes = max(1, int(max_mb * 2**20))
@@ -480,7 +480,7 @@ def main(argv=None):
     parser.add_argument("--num-proc", type=positive_int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="tokeniser processes")
     parser.add_argument("--max-mb", type=positive_float, default=None,
-                        help="tokenise only the first MAX_MB megabytes of each text file (rounded "
+                        help="tokenise only the first MAX_MB MiB (2**20 bytes) of each text file (rounded "
                              "up to the end of a story): a slice for a laptop; default: all")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if meta.json records the same inputs (with --source hf, "

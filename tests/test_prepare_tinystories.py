@@ -459,6 +459,13 @@ def test_a_bad_slice_is_refused(official_files, tmp_path, bad):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad", [0, 1.5, "4", True])
+def test_a_bad_process_count_is_refused(official_files, tmp_path, bad):
+    with pytest.raises(ValueError, match="num_proc must be a whole number >= 1"):
+        prep.prepare(tmp_path / "out", *official_files, num_proc=bad)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_slice_of_the_hub_dataset_is_refused_and_the_cli_explains(official_files, tmp_path,
                                                                     capsys):
     with pytest.raises(ValueError, match="--max-mb slices text files"):
