@@ -34,6 +34,10 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
+# Files the repository ships (The Verdict, GPT-2's tokenizer files), laid out like a mirror: looked
+# up after LLM_MIRROR and before the network, so every notebook runs on a machine without one.
+BUNDLED_MIRROR = Path(__file__).resolve().parents[1] / "bundled" / "mirror"
+
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
                "ch02/01_main-chapter-code/the-verdict.txt")
 
@@ -78,17 +82,25 @@ def _is_url(source: str) -> bool:
 
 
 def sources_for(url: str) -> list[str]:
-    """Where to look for `url`, in order: `BASE/HOST/PATH` for each mirror base, then `url`."""
+    """Where to look for `url`, in order: `BASE/HOST/PATH` for each mirror base, the repository's
+    bundled copy when it has one, then `url`."""
     parts = urlsplit(url)
     host, path = parts.hostname or "", parts.path  # host without the port; see the module doc
     sources = []
     for base in mirror_bases():
         if _is_url(base):
             sources.append(base.rstrip("/") + "/" + host + path)
-        else:  # a local directory: undo %-escapes so `a%20b.txt` is found as `a b.txt`
-            local = Path(os.path.expanduser(base), host, *unquote(path).strip("/").split("/"))
-            sources.append(str(local))
+        else:
+            sources.append(str(_local_path(os.path.expanduser(base), host, path)))
+    bundled = _local_path(BUNDLED_MIRROR, host, path)
+    if bundled.is_file():
+        sources.append(str(bundled))
     return sources + [url]
+
+
+def _local_path(base, host: str, path: str) -> Path:
+    """BASE/HOST/PATH in a local directory; %-escapes undone, so `a%20b.txt` is found as `a b.txt`."""
+    return Path(base, host, *unquote(path).strip("/").split("/"))
 
 
 def download_file(url, destination, *, progress=True, retries=3, timeout=30, size=None,

@@ -48,13 +48,11 @@ def _encoding_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding
 
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
-    """tiktoken's "gpt2" encoding.
+    """tiktoken's "gpt2" encoding, built from OpenAI's `vocab.bpe` and `encoder.json`.
 
-    With LLM_MIRROR set, OpenAI's `vocab.bpe` and `encoder.json` are fetched through
-    `shared.download.download_file` (mirror first), so an offline machine never touches the network.
+    The two files come through `shared.download.download_file`: LLM_MIRROR first, then the copies
+    this repository ships in `bundled/`, then OpenAI's server; so no network is needed.
     """
-    if not os.environ.get("LLM_MIRROR"):
-        return tiktoken.get_encoding("gpt2")
     from shared.download import download_file
 
     cache = _cache_dir()
