@@ -299,6 +299,23 @@ def download_and_load_gpt2(model_size: str, models_dir="gpt2", progress: bool = 
     return settings, read_tf_checkpoint(model_dir, settings)
 
 
+def missing_weights_note(model_size: str, models_dir, error: Exception) -> str:
+    """What a notebook prints when GPT-2's files cannot be had: what it needed, how to provide
+    them, and that it skips only the cells that use them. Starts with "SKIPPED", which
+    scripts/run_notebooks.sh collects into its summary."""
+    folder = Path(models_dir) / model_size
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return (f"SKIPPED: OpenAI's GPT-2 {model_size} weights could not be had; provide them with a "
+            f"network, in {folder}/, or through LLM_MIRROR (details below).\n"
+            f"Why: {first_line}.\n"
+            f"These cells need the checkpoint's seven files ({', '.join(GPT2_FILES)}) from "
+            f"{GPT2_MODELS_URL}/{model_size}/. Run with a network; or copy the files into "
+            f"{folder}/; or set LLM_MIRROR to a folder that holds them as "
+            f"openaipublic.blob.core.windows.net/gpt-2/models/{model_size}/<file> (README, "
+            "'Working offline'). Then run the notebook again. Until then every cell that uses "
+            "GPT-2 is skipped, and the rest of the notebook runs.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Into GPTModel
 # ---------------------------------------------------------------------------------------------
