@@ -259,25 +259,26 @@ def row_tokens(rows) -> np.ndarray:
 
 
 def write_tokens(tokenized, path: Path) -> int:
-    """Write all ids to `path` as one uint16 array; it gets its final name only when complete."""
+    """Write all ids to `path` as one uint16 array; it gets its final name only when complete.
+
+    Plain file writes, not a memory map: on a disk that fills, a write through a map kills the
+    process with SIGBUS (no message, no clean-up), while a plain write raises OSError (ENOSPC).
+    """
     tokenized = tokenized.with_format("arrow")  # columns as Arrow arrays: no Python lists
     total = pc.sum(tokenized["len"]).as_py() or 0
     if total == 0:
         raise ValueError(f"no stories to write to {path}: is the input file empty?")
-    with atomic_path(path) as part:  # `path` appears only once complete
-        arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
-        idx = 0
+    written = 0
+    with atomic_path(path) as part, open(part, "wb") as f:  # `path` appears only once complete
         # One row (at most ~CHUNK_BYTES of text) at a time, read from datasets' memory-mapped
         # Arrow file, so the ids never all sit in RAM.
         for rows in tqdm(tokenized.iter(batch_size=1), total=len(tokenized),
                          desc=f"writing {path.name}"):
-            ids = row_tokens(rows)
-            arr[idx:idx + len(ids)] = ids
-            idx += len(ids)
-        if idx != total:
-            raise RuntimeError(f"wrote {idx} tokens to {part}, expected {total}")
-        arr.flush()
-        del arr
+            ids = row_tokens(rows).astype(DTYPE, copy=False)
+            f.write(ids.tobytes())
+            written += len(ids)
+        if written != total:
+            raise RuntimeError(f"wrote {written} tokens to {part}, expected {total}")
     return total
 
 
@@ -452,6 +453,10 @@ def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) 
         (out_dir / "meta.json").unlink(missing_ok=True)
         for split in splits:
             os.replace(tmp / f"{split}.bin", out_dir / f"{split}.bin")
+    except OSError as err:  # a full disk, most often: one line that says where and what is kept
+        raise OSError(err.errno, f"could not write the new dataset in {out_dir}: "
+                                 f"{err.strerror or err}; its previous files are kept. Free some "
+                                 "space, or prepare into a folder on a larger disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = _meta(splits)
