@@ -71,7 +71,7 @@ def load_tokens(path) -> np.memmap:
                                 f"{path / 'train.bin'}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with `python -m shared.prepare_tinystories`")
-    file = open(path, "rb")  # before meta.json is read: a rebuild in between shows as a mismatch
+    file = open(path, "rb")  # first: the size checked is this file's, whatever is renamed over it
     try:
         meta = _check_against_meta(path, os.fstat(file.fileno()).st_size)
         tokens = np.memmap(file, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
