@@ -37,11 +37,22 @@ def save_checkpoint(path, model, optimizer=None, **extra):
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
-    except OSError as err:  # a full disk, a read-only folder: the old file is still there
+    except (OSError, RuntimeError) as err:  # a full disk, a read-only folder: the old file stays
+        err = _os_error_in(err)
+        if err is None:
+            raise  # not the file system's: a genuine bug keeps its traceback
         kept = "the previous file is kept" if path.exists() else "nothing was written"
         raise OSError(err.errno, f"could not save the checkpoint {path}: "
                                  f"{err.strerror or err}; {kept}") from None
     return path
+
+
+def _os_error_in(err):
+    """The OSError behind `err`, or None. torch.save turns a failed write (ENOSPC) into a
+    RuntimeError ("enforce fail ... unexpected pos"), with the OSError as its context."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _check_plain(value, where):

@@ -63,10 +63,14 @@ def _map_for_one_batch(data):
     long as the map lives; over many random batches a long-lived map would slowly pull the whole
     file into RSS. A map that lives for one batch releases its pages when it is closed. Anything
     other than a whole-file memmap (an ndarray, a slice of a memmap) is used as it is.
+
+    The map is made from the file that load_tokens opened (`data.file`), not from its name: a
+    rebuild that renames new files over the old names during a run changes nothing for this run,
+    which goes on reading the files it started with.
     """
     if isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap) and data.filename:
-        return np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset,
-                         shape=data.shape)
+        return np.memmap(getattr(data, "file", data.filename), dtype=data.dtype, mode="r",
+                         offset=data.offset, shape=data.shape)
     return data
 
 

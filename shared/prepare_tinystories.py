@@ -30,14 +30,19 @@ small to repay starting the workers (under ~2 MB a process) uses fewer.
 
 Crash safety and re-runs: a rebuild writes its .bin files into a staging folder inside OUT_DIR
 and moves them over the old ones only once both are complete, so a full disk or a kill during
-the work leaves the previous dataset as it was. meta.json (token counts, dtype, vocabulary,
-source files and sizes) is written last, atomically; a dataset without it is unfinished. A re-run
-whose inputs match meta.json does nothing. One run at a time: OUT_DIR/.lock names the process
+the work leaves the previous dataset as it was (the files are written with plain writes, so a
+full disk is an OSError, not the SIGBUS of a memory map). While the two files are renamed in,
+meta.json says "rebuilding", so a kill between the renames leaves a folder every reader refuses;
+then meta.json (token counts, dtype, vocabulary, source files and sizes, and a build id that
+train.bin and val.bin share) is written, atomically. A run that loaded the old files goes on
+reading them (shared.token_files.load_tokens keeps them open). A re-run whose inputs match
+meta.json does nothing. One run at a time: OUT_DIR/.lock names the process
 that holds the folder (shared.files.exclusive_folder), and tokeniser workers die with their
 parent (on Linux), so a killed run leaves none of them working for nobody.
 """
 import argparse
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -259,25 +264,26 @@ def row_tokens(rows) -> np.ndarray:
 
 
 def write_tokens(tokenized, path: Path) -> int:
-    """Write all ids to `path` as one uint16 array; it gets its final name only when complete."""
+    """Write all ids to `path` as one uint16 array; it gets its final name only when complete.
+
+    Plain file writes, not a memory map: on a disk that fills, a write through a map kills the
+    process with SIGBUS (no message, no clean-up), while a plain write raises OSError (ENOSPC).
+    """
     tokenized = tokenized.with_format("arrow")  # columns as Arrow arrays: no Python lists
     total = pc.sum(tokenized["len"]).as_py() or 0
     if total == 0:
         raise ValueError(f"no stories to write to {path}: is the input file empty?")
-    with atomic_path(path) as part:  # `path` appears only once complete
-        arr = np.memmap(part, dtype=DTYPE, mode="w+", shape=(total,))
-        idx = 0
+    written = 0
+    with atomic_path(path) as part, open(part, "wb") as f:  # `path` appears only once complete
         # One row (at most ~CHUNK_BYTES of text) at a time, read from datasets' memory-mapped
         # Arrow file, so the ids never all sit in RAM.
         for rows in tqdm(tokenized.iter(batch_size=1), total=len(tokenized),
                          desc=f"writing {path.name}"):
-            ids = row_tokens(rows)
-            arr[idx:idx + len(ids)] = ids
-            idx += len(ids)
-        if idx != total:
-            raise RuntimeError(f"wrote {idx} tokens to {part}, expected {total}")
-        arr.flush()
-        del arr
+            ids = row_tokens(rows).astype(DTYPE, copy=False)
+            f.write(ids.tobytes())
+            written += len(ids)
+        if written != total:
+            raise RuntimeError(f"wrote {written} tokens to {part}, expected {total}")
     return total
 
 
@@ -324,8 +330,11 @@ def up_to_date(out_dir: Path, sources: dict) -> dict | None:
 
 
 def _meta(splits: dict) -> dict:
+    # The build: a digest of what made the files (inputs, counts), so equal inputs give equal ids
+    # and train.bin and val.bin can be told apart from a pair that two builds left together.
+    build = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
     return {"format": FORMAT_VERSION, "encoding": "gpt2", "vocab_size": GPT2_VOCAB_SIZE,
-            "eot_id": EOT_ID, "dtype": np.dtype(DTYPE).name, "splits": splits}
+            "eot_id": EOT_ID, "dtype": np.dtype(DTYPE).name, "build": build, "splits": splits}
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -447,16 +456,39 @@ def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) 
                              "story_separator": separator, "source": sources[split]}
             print(f"{out_dir / bin_path.name}: {n_stories:,} stories, {tokens:,} tokens")
             del rows, tokenized
-        # Both splits are complete: swap them in. Without meta.json in between, a crash here
-        # leaves a dataset marked unfinished, never a mix of old and new under a valid meta.json.
-        (out_dir / "meta.json").unlink(missing_ok=True)
-        for split in splits:
-            os.replace(tmp / f"{split}.bin", out_dir / f"{split}.bin")
+        meta = _publish(tmp, out_dir, splits)
+    except OSError as err:  # a full disk, most often: one line that says where and what is kept
+        kept = ("it is marked unfinished until a re-run completes it" if _rebuilding(out_dir)
+                else "its previous files are kept")
+        raise OSError(err.errno, f"could not write the new dataset in {out_dir}: "
+                                 f"{err.strerror or err}; {kept}. Free some space, or prepare "
+                                 "into a folder on a larger disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    meta = _meta(splits)
-    _write_json_atomic(out_dir / "meta.json", meta)  # last: its presence means "complete"
     return meta
+
+
+def _publish(staging: Path, out_dir: Path, splits: dict) -> dict:
+    """Swap the complete new .bin files in and write their meta.json; return it.
+
+    The two renames cannot be one step, so meta.json says "rebuilding" while they happen: a kill
+    between them leaves new train.bin beside old val.bin under a meta.json that every reader
+    refuses (shared.token_files.read_meta) and the next run rebuilds, never a mix that trains.
+    """
+    _write_json_atomic(out_dir / "meta.json", {"format": FORMAT_VERSION, "rebuilding": True})
+    for split in splits:
+        os.replace(staging / f"{split}.bin", out_dir / f"{split}.bin")
+    meta = _meta(splits)
+    _write_json_atomic(out_dir / "meta.json", meta)  # last: the files belong together again
+    return meta
+
+
+def _rebuilding(out_dir: Path) -> bool:
+    """Whether out_dir/meta.json is the marker _publish writes before its renames."""
+    try:
+        return bool(json.loads((out_dir / "meta.json").read_text(encoding="utf-8")).get("rebuilding"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv=None):

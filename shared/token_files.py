@@ -6,6 +6,8 @@ and the training code: they check what they read and say what to do when a file 
 from another run, so shared.data.get_batch can assume a good array.
 """
 import json
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,10 @@ def read_meta(data_dir) -> dict | None:
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} is not a JSON object (it holds a {type(meta).__name__})"
                          f"{advice}")
+    if meta.get("rebuilding"):  # prepare_tinystories swaps the files in under this marker
+        raise ValueError(f"{Path(data_dir)} is being rebuilt, or its rebuild was stopped before it "
+                         "finished, so its files may come from two builds: wait for it, or re-run "
+                         "`python -m shared.prepare_tinystories` with the same arguments")
     problem = _meta_problem(meta)
     if problem:  # valid JSON with wrong fields, e.g. after a hand edit
         raise ValueError(f"{meta_path}: {problem}{advice}")
@@ -53,6 +59,11 @@ def load_tokens(path) -> np.memmap:
 
     When meta.json lists the file, its size is checked against the recorded token count, so a
     truncated or foreign file fails here instead of training on garbage.
+
+    The file is opened once, here, and stays open with the array (as `.file`): shared.data.get_batch
+    maps each batch from this open file, not from the name, so a rebuild that later replaces the
+    file under the same name changes nothing for a run that loaded it. `.build` is the build
+    meta.json records (None without one): train.bin and val.bin of one dataset share it.
     """
     path = Path(path)
     if path.is_dir():
@@ -60,13 +71,24 @@ def load_tokens(path) -> np.memmap:
                                 f"{path / 'train.bin'}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with `python -m shared.prepare_tinystories`")
-    dtype, expected = np.dtype(np.uint16), None
-    meta = read_meta(path.parent)
-    if meta is not None:
-        dtype = np.dtype(meta.get("dtype", "uint16"))
-        split = next((s for s in meta.get("splits", {}).values() if s.get("file") == path.name), None)
-        expected = split["tokens"] if split else None
-    size = path.stat().st_size
+    file = open(path, "rb")  # first: the size checked is this file's, whatever is renamed over it
+    try:
+        meta = _check_against_meta(path, os.fstat(file.fileno()).st_size)
+        tokens = np.memmap(file, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+    except BaseException:
+        file.close()
+        raise
+    tokens.file, tokens.build = file, meta.get("build")
+    weakref.finalize(tokens, file.close)
+    return tokens
+
+
+def _check_against_meta(path: Path, size: int) -> dict:
+    """meta.json beside `path` ({} without one), once the file's size has been checked against it."""
+    meta = read_meta(path.parent) or {}
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    split = next((s for s in meta.get("splits", {}).values() if s.get("file") == path.name), None)
+    expected = split["tokens"] if split else None
     if size == 0 or size % dtype.itemsize:
         raise ValueError(f"{path} has {size} bytes, not a whole number of {dtype} tokens; "
                          "re-run `python -m shared.prepare_tinystories`")
@@ -74,4 +96,4 @@ def load_tokens(path) -> np.memmap:
         raise ValueError(f"{path} holds {size // dtype.itemsize} tokens but meta.json says {expected}; "
                          "the file is incomplete or from another run: re-run "
                          "`python -m shared.prepare_tinystories`")
-    return np.memmap(path, dtype=dtype, mode="r")
+    return meta

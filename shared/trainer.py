@@ -294,6 +294,10 @@ def _check_data(model, splits, cfg):
         if len(data) < cfg.block_size + 1:
             raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
                              f"block_size + 1 = {cfg.block_size + 1}; lower block_size")
+    builds = {getattr(data, "build", None) for data in splits.values()} - {None}  # load_tokens'
+    if len(builds) > 1:
+        raise ValueError("the train and val token files come from two different builds of the "
+                         "dataset (it was rebuilt while they were loaded): load both again")
 
 
 def _resume(run: Run):

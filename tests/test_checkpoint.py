@@ -301,3 +301,29 @@ def test_required_fields_are_checked_before_anything_loads(tmp_path, batch):
         load_checkpoint(path, other, other_opt, required=("epochs", "iter_num", "history"))
     assert_untouched(other, other_opt, before)
     assert load_checkpoint(path, other, other_opt, required=("epochs",)) == {"epochs": 1}
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["over a checkpoint", "a new file"])
+def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(existing):
+    """torch.save on a real, small tmpfs that fills: torch wraps the OSError in a RuntimeError
+    (`enforce fail ... unexpected pos`); save_checkpoint must still give one OSError line, keep the
+    previous file and leave no temporary."""
+    import errno
+
+    from small_disk import small_disk
+
+    with small_disk(200) as disk:
+        path = disk / "ckpt.pt"
+        if existing:
+            save_checkpoint(path, torch.nn.Linear(4, 4), step=1)
+            good_bytes = path.read_bytes()
+        too_big = torch.nn.Linear(400, 400)  # 642 KB of weights on a 200 KiB disk
+        with pytest.raises(OSError) as info:
+            save_checkpoint(path, too_big, step=2)
+        message = str(info.value)
+        assert info.value.errno == errno.ENOSPC and "\n" not in message
+        assert str(path) in message and ("previous file is kept" in message) == existing
+        assert [p.name for p in disk.iterdir()] == (["ckpt.pt"] if existing else [])
+        if existing:
+            assert path.read_bytes() == good_bytes
+            assert load_checkpoint(path, torch.nn.Linear(4, 4)) == {"step": 1}

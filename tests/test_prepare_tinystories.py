@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -502,6 +503,57 @@ def test_a_full_disk_during_a_rebuild_keeps_the_old_dataset(official_files, tmp_
         ["meta.json", "train.bin", "val.bin"]
     assert load_tokens(out / "train.bin").size == json.loads((out / "meta.json").read_text())[
         "splits"]["train"]["tokens"]
+
+
+@pytest.fixture(scope="module")
+def small_old_dataset(tinystories_sample, tmp_path_factory):
+    """A complete dataset of the sample's first 0.05 MiB: what a full rebuild must not lose."""
+    out = tmp_path_factory.mktemp("old")
+    prep.prepare(out, *tinystories_sample, max_mb=0.05)
+    return {name: (out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
+
+
+def run_prepare(out, train, val, library=False):
+    """A rebuild in its own process, so that a SIGBUS shows as a signal exit, not a dead pytest."""
+    env = {**os.environ, "PYTHONPATH": str(Path(prep.__file__).resolve().parents[1])}
+    if library:  # prepare() as a notebook calls it: the exception must be an OSError
+        code = ("import sys, shared.prepare_tinystories as p\n"
+                "try:\n    p.prepare(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+                "except OSError as e:\n    sys.exit(f'error: {e}')\n")
+        args = ["-c", code, str(out), str(train), str(val)]
+    else:
+        args = ["-m", "shared.prepare_tinystories", "--train-file", str(train), "--val-file",
+                str(val), "--out-dir", str(out), "--num-proc", "1"]
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+# Free space for the rebuild of the whole sample (~90 KB of train.bin plus datasets' Arrow files):
+# it runs out while datasets writes its Arrow file, while train.bin is written, and at val.bin.
+@pytest.mark.parametrize("free_kib, library", [(70, False), (110, False), (150, True), (190, False)])
+def test_a_real_full_disk_is_one_error_line_and_keeps_the_old_dataset(
+        tinystories_sample, small_old_dataset, free_kib, library):
+    """A rebuild on a real, small tmpfs that fills: one `error:` line (or an OSError from
+    prepare()), never a SIGBUS; the old files unchanged; no lock, staging folder or temporary."""
+    from small_disk import kib_on_disk, small_disk
+
+    old = small_old_dataset
+    with small_disk(sum(-(-len(b) // 4096) * 4 for b in old.values()) + free_kib) as disk:
+        out = disk / "out"
+        out.mkdir()
+        for name, content in old.items():
+            (out / name).write_bytes(content)
+        result = run_prepare(out, *tinystories_sample, library=library)
+        assert result.returncode >= 0, f"killed by signal {-result.returncode}: {result.stderr[-300:]}"
+        assert result.returncode != 0, "the disk did not fill: the test needs less free space"
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in result.stderr and lines[-1].startswith("error: ")
+        assert "No space left on device" in lines[-1] and str(out) in lines[-1]
+        assert sorted(p.name for p in out.iterdir()) == sorted(old)  # no .lock, .prepare-*, .tmp
+        assert {name: (out / name).read_bytes() for name in old} == old
+        disk_stat = os.statvfs(disk)
+        used_kib = (disk_stat.f_blocks - disk_stat.f_bfree) * disk_stat.f_frsize // 1024
+        assert used_kib == kib_on_disk(*out.iterdir())  # nothing hidden left behind either
 
 
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_lock_is_taken_over(
