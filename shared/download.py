@@ -16,6 +16,9 @@ started from the same URL (recorded beside it in `.part.src`, with the server's 
 sent back as If-Range so that a file changed on the server starts over). With `sha256=`, a file
 already under the final name is checked too, and replaced when it does not match.
 
+`download_prefix` fetches only the first bytes of a file (an HTTP range request) through the
+same steps, and says whether the file goes on after them.
+
 Offline machines set LLM_MIRROR to one or more bases (local directories or http(s) URLs,
 separated by os.pathsep). A URL `https://HOST/PATH` is looked up as `BASE/HOST/PATH` in every
 base, in order, before the original URL. HOST is the host name without the port, so
@@ -23,10 +26,12 @@ base, in order, before the original URL. HOST is the host name without the port,
 Windows file names).
 """
 import hashlib
+import json
 import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -107,23 +112,105 @@ def download_file(url, destination, *, progress=True, retries=3, timeout=30, siz
     if destination.is_file() and (sha256 is None or _sha256(destination) == sha256):
         return destination
     # A copy with the wrong digest stays until a good one replaces it (os.replace below).
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(str(destination) + ".part")
+    _fetch_from_sources(url, destination, None, progress, retries, timeout, size, sha256)
+    part = _part_file(destination)
+    os.replace(part, destination)  # atomic: readers see no file or the whole file
+    _src_file(part).unlink(missing_ok=True)
+    return destination
 
+
+@dataclass(frozen=True)
+class Prefix:
+    """What `download_prefix` left on disk: the first `size` bytes of the remote file."""
+    path: Path          # the file holding them
+    size: int           # bytes in `path`: max_bytes, or fewer when the whole file is shorter
+    total: int | None   # the remote file's size, when the source said it (None: not said)
+    cut: bool           # True when the file goes on after these bytes (or may: total unknown)
+
+
+def download_prefix(url, destination, max_bytes, *, progress=True, retries=3,
+                    timeout=30) -> Prefix:
+    """Download only the first `max_bytes` bytes of `url` to `destination`; return a Prefix.
+
+    The same machinery as `download_file`: LLM_MIRROR first (a mirror directory copies only the
+    first `max_bytes` bytes, an http mirror gets the same range request), a resumable `.part`
+    with its origin recorded, retries, an HTML check, and a rename once all bytes are there.
+    The request says `Range: bytes=0-{max_bytes - 1}`; a 206 must start at byte 0, and a server
+    that ignores Range (200, the whole file) is read only up to `max_bytes`, then the connection
+    is closed. A file shorter than `max_bytes` arrives whole (`cut` is False, `size` says how
+    long). The bytes are cut wherever `max_bytes` falls, often inside a line or a character:
+    finding a boundary is the caller's job (`Prefix.cut` says whether there is one to find).
+
+    `destination + ".prefix.json"` records what the file holds (URL, max_bytes, size, total);
+    a later call with the same URL and max_bytes (or a larger one, when the file was whole)
+    returns it without touching the network; anything else under `destination` is replaced.
+    Use a destination of its own for a prefix, not the name of a complete download.
+    """
+    from shared.checks import check_positive
+
+    check_positive(max_bytes=max_bytes)
+    destination = Path(destination)
+    known = _read_prefix_record(destination, url, max_bytes)
+    if known:
+        return known
+    total, cut = _fetch_from_sources(url, destination, max_bytes, progress, retries, timeout)
+    part = _part_file(destination)
+    record = _prefix_record_file(destination)
+    record.unlink(missing_ok=True)  # no record while the file under the final name changes
+    os.replace(part, destination)
+    _src_file(part).unlink(missing_ok=True)
+    got = Prefix(destination, destination.stat().st_size, total, cut)
+    from shared.files import atomic_path
+
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"url": url, "max_bytes": max_bytes, "size": got.size,
+                                   "total": total, "cut": cut}))
+    return got
+
+
+def _prefix_record_file(destination: Path) -> Path:
+    return Path(str(destination) + ".prefix.json")
+
+
+def _read_prefix_record(destination: Path, url: str, max_bytes: int) -> Prefix | None:
+    """The Prefix under `destination` if its record says it answers this request, else None."""
+    try:
+        rec = json.loads(_prefix_record_file(destination).read_text())
+        size = destination.stat().st_size
+        if rec["url"] != url or rec["size"] != size:
+            return None
+        if rec["max_bytes"] == max_bytes or (not rec["cut"] and max_bytes >= size):
+            return Prefix(destination, size, rec["total"], rec["cut"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no record, or a damaged one: fetch again
+    return None
+
+
+def _part_file(destination: Path) -> Path:
+    return Path(str(destination) + ".part")
+
+
+def _fetch_from_sources(url, destination, limit, progress, retries, timeout, size=None,
+                        sha256=None) -> tuple[int | None, bool]:
+    """Leave the file (or its first `limit` bytes) in the `.part` beside `destination`, checked.
+
+    Returns (total, cut): the remote file's size when known, and whether bytes follow the ones
+    kept. Raises DownloadError, listing every source tried, when none of them works.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_file(destination)
     failures = []  # (source, reason) for the error message
     for source in sources_for(url):
         try:
             if _is_url(source):
-                _fetch_with_retries(source, part, progress, retries, timeout)
+                got = _fetch_with_retries(source, part, progress, retries, timeout, limit)
             else:
-                _copy_from_mirror_dir(source, part)
+                got = _copy_from_mirror_dir(source, part, limit)
             _verify(part, url, size, sha256)
         except _SourceError as e:
             failures.append((source, str(e)))
             continue
-        os.replace(part, destination)  # atomic: readers see no file or the whole file
-        _src_file(part).unlink(missing_ok=True)
-        return destination
+        return got
     raise DownloadError(_failure_message(url, destination, failures))
 
 
@@ -157,22 +244,30 @@ def _src_file(part: Path) -> Path:
     return Path(str(part) + ".src")
 
 
-def _copy_from_mirror_dir(source: str, part: Path) -> None:
-    """Copy a file from a local mirror directory to `part` (the caller renames it)."""
+def _copy_from_mirror_dir(source: str, part: Path, limit: int | None) -> tuple[int, bool]:
+    """Copy a file (or its first `limit` bytes) from a mirror directory to `part`."""
     if not os.path.isfile(source):
         raise _SourceError("not in mirror dir")
+    _src_file(part).unlink(missing_ok=True)  # `part` no longer holds an http download's bytes
     try:
-        shutil.copyfile(source, part)
+        total = os.path.getsize(source)
+        if limit is None:
+            shutil.copyfile(source, part)
+        else:
+            with open(source, "rb") as src, open(part, "wb") as dst:
+                for _ in range(0, limit, CHUNK_BYTES):
+                    dst.write(src.read(min(CHUNK_BYTES, limit - dst.tell())))
     except OSError as e:
         raise _SourceError(f"copy failed: {e}") from e
+    return total, limit is not None and total > limit
 
 
-def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, timeout: float) -> None:
+def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, timeout: float,
+                        limit: int | None) -> tuple[int | None, bool]:
     """Stream `url` into `part`, retrying network failures with exponential backoff."""
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, progress, timeout)
-            return
+            return _fetch_once(url, part, progress, timeout, limit)
         except (_RetryableError, *RETRYABLE) as e:
             reason = _reason(e)
             if attempt == retries:
@@ -181,55 +276,98 @@ def _fetch_with_retries(url: str, part: Path, progress: bool, retries: int, time
             time.sleep(BACKOFF_BASE_S * 2 ** attempt)
 
 
-def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
-    """One HTTP request: resume `part` if the server allows it, else start it over."""
+def _fetch_once(url: str, part: Path, progress: bool, timeout: float,
+                limit: int | None) -> tuple[int | None, bool]:
+    """One HTTP request: resume `part` if the server allows it, else start it over.
+
+    With `limit`, only the first `limit` bytes are asked for and kept. Returns (total, cut) as
+    `_fetch_from_sources` does.
+    """
     src = _src_file(part)
     started_from = src.read_text().split("\n") if src.exists() else []
-    if part.exists() and started_from[:1] != [url]:  # another file's bytes, or of unknown origin
-        part.unlink()
+    if part.exists() and (started_from[:1] != [url] or (limit and part.stat().st_size >= limit)):
+        part.unlink()  # another file's bytes, of unknown origin, or already past the limit
     have = part.stat().st_size if part.exists() else 0
     # identity: byte counts must match Content-Length, and Range on gzip'd bodies means nothing
     headers = {"Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-        if len(started_from) > 1 and started_from[1]:  # changed on the server: send it all
-            headers["If-Range"] = started_from[1]
+    if have or limit:
+        headers["Range"] = f"bytes={have}-{limit - 1 if limit else ''}"
+    if have and len(started_from) > 1 and started_from[1]:  # changed on the server: send it all
+        headers["If-Range"] = started_from[1]
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
-        if r.status_code == 416:  # we asked past the end: the .part is damaged, start over
-            part.unlink()
-            raise _RetryableError("416 Range Not Satisfiable; restarting from byte 0")
-        if 400 <= r.status_code < 500:  # the request itself is wrong: another try won't help
-            raise _SourceError(f"{r.status_code} {r.reason}")
-        if r.status_code >= 500:  # the server is struggling: worth another try
-            raise _RetryableError(f"{r.status_code} {r.reason}")
-
-        resuming = r.status_code == 206 and _range_start(r) == have
-        start = have if resuming else 0  # a 200 (or a strange 206) sends the whole file again
-        if not resuming:
+        _check_status(r, part)
+        start, promised, total = _answer_span(r, have)
+        if start == 0:  # a fresh start: record where these bytes come from
             src.write_text(f"{url}\n{r.headers.get('ETag', '')}")
-        length = r.headers.get("Content-Length")
-        # Count the bytes ourselves (below): urllib3 would raise on a short body and throw away
-        # the last chunk it read, bytes the next attempt would then have to fetch again.
-        r.raw.enforce_content_length = False
-        expected = start + int(length) if length is not None else None
-        with open(part, "ab" if resuming else "wb") as f, \
-                tqdm(total=expected, initial=start, unit="B", unit_scale=True,
+        keep = promised  # the bytes of this answer to keep: all of them, or up to the limit
+        if limit is not None:
+            keep = limit - start if promised is None else min(limit - start, promised)
+        # the size `part` must reach; unknown when the server did not say how much it sends
+        final = start + keep if promised is not None else None
+        with open(part, "ab" if start else "wb") as f, \
+                tqdm(total=final, initial=start, unit="B", unit_scale=True,
                      desc=part.stem, disable=not progress) as bar:
-            for chunk in r.iter_content(CHUNK_BYTES):
-                f.write(chunk)
-                bar.update(len(chunk))
-
+            _stream(r, f, keep, bar)
+        more = None  # for a prefix of unknown length that reached the limit: is there more?
+        if limit and promised is None and part.stat().st_size == limit:
+            more = bool(r.raw.read1(1))
     size = part.stat().st_size
-    if expected is not None and size != expected:
-        if size > expected:  # more bytes than the file has: the .part is garbage
-            part.unlink()
-        raise _RetryableError(f"short body: got {size} of {expected} bytes")
+    if final is not None and size != final:
+        raise _RetryableError(f"short body: got {size} of {final} bytes")
+    if total is None and limit and size < limit:
+        total = size  # the body ended before the limit: that was the whole file
+    if total is not None:
+        return total, size < total
+    return None, bool(limit) and more is not False  # unknown: a 206 of '*' may go on
 
 
-def _range_start(r: requests.Response) -> int | None:
-    """First byte of a 206 answer, from `Content-Range: bytes START-END/TOTAL`."""
-    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-    return int(m.group(1)) if m else None
+def _check_status(r: requests.Response, part: Path) -> None:
+    """Raise for an answer that carries no bytes of the file."""
+    if r.status_code == 416:  # we asked past the end: the .part is damaged, start over
+        part.unlink(missing_ok=True)
+        raise _RetryableError("416 Range Not Satisfiable; restarting from byte 0")
+    if 400 <= r.status_code < 500:  # the request itself is wrong: another try won't help
+        raise _SourceError(f"{r.status_code} {r.reason}")
+    if r.status_code >= 500:  # the server is struggling: worth another try
+        raise _RetryableError(f"{r.status_code} {r.reason}")
+    encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # its bytes and byte ranges are not the file's
+        raise _SourceError(f"the server compressed the body ({encoding}) although asked not to")
+    # Count the bytes ourselves (_stream): urllib3 would raise on a short body and throw away
+    # the last chunk it read, bytes the next attempt would then have to fetch again.
+    r.raw.enforce_content_length = False
+
+
+def _answer_span(r: requests.Response, have: int) -> tuple[int, int | None, int | None]:
+    """(first byte, bytes promised, size of the whole file) of an answer; None where not said.
+
+    A 200 sends the whole file from byte 0; a 206 says its span in Content-Range. A 206 that
+    starts neither where `part` ends nor at 0 cannot be placed: try again from the start.
+    """
+    length = r.headers.get("Content-Length")
+    length = int(length) if length is not None and length.isdigit() else None
+    if r.status_code != 206:
+        return 0, length, length
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", r.headers.get("Content-Range", ""))
+    if not m or int(m.group(1)) not in (have, 0) or int(m.group(2)) < int(m.group(1)):
+        raise _RetryableError(f"206 with an unusable Content-Range "
+                              f"{r.headers.get('Content-Range')!r} for a request from byte {have}")
+    start, end = int(m.group(1)), int(m.group(2))
+    total = int(m.group(3)) if m.group(3) != "*" else None
+    return start, end - start + 1, total
+
+
+def _stream(r: requests.Response, f, keep: int | None, bar) -> None:
+    """Copy the body into `f`, at most `keep` bytes (all of it when None)."""
+    written = 0
+    while keep is None or written < keep:
+        n = CHUNK_BYTES if keep is None else min(CHUNK_BYTES, keep - written)
+        chunk = r.raw.read1(n)  # what has arrived, up to n bytes: never waits for a full chunk
+        if not chunk:
+            break
+        f.write(chunk)
+        written += len(chunk)
+        bar.update(len(chunk))
 
 
 def _reason(exc: BaseException) -> str:
