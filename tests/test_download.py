@@ -1,4 +1,5 @@
 """shared.download against real HTTP servers on 127.0.0.1 (stdlib http.server, no network)."""
+import json
 import os
 import re
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_resume_after_dropped_connection(server, tmp_path):
 def test_resume_part_file_from_earlier_run(server, tmp_path):
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(BODY[:3000])
-    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))  # started from this URL
+    origin = {"url": server.url("/files/a.bin"), "validator": server.validator_header("/files/a.bin")}
+    Path(str(dest) + ".part.src").write_text(json.dumps(origin))  # started from this URL, version
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
@@ -80,7 +82,8 @@ def test_server_ignoring_range_starts_over(server, tmp_path):
     server.ignore_range.add("/files/a.bin")
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(b"x" * 3000)  # would corrupt the file if appended to
-    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))
+    origin = {"url": server.url("/files/a.bin"), "validator": server.validator_header("/files/a.bin")}
+    Path(str(dest) + ".part.src").write_text(json.dumps(origin))
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
