@@ -192,10 +192,10 @@ def download_prefix(url, destination, max_bytes, *, progress=True, retries=3, ti
     returns it without touching the network; anything else under `destination` is replaced.
     Use a destination of its own for a prefix, not the name of a complete download.
     """
-    from shared.checks import check_positive
     from shared.files import atomic_path
 
-    check_positive(max_bytes=max_bytes)
+    if not isinstance(max_bytes, numbers.Integral) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a whole number >= 1, got {max_bytes!r}")
     _check_args(retries, timeout, deadline)
     destination = Path(destination)
     known = _read_prefix_record(destination, url, max_bytes)
