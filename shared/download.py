@@ -21,7 +21,8 @@ chunked body needs its final empty chunk, a 206 the end its Content-Range names,
 connection is retried. A body that simply ends when the server closes the connection cannot be
 told from one cut short by a proxy: for such a server only the caller's `size=` / `sha256=` can
 decide, which is why every file this repository knows in advance is pinned (The Verdict here,
-the tokenizer files in shared/tokenizer.py).
+the tokenizer files in shared/tokenizer.py), and why a SHA-256 the server publishes (Hugging
+Face's X-Linked-Etag) is checked when the caller gives none.
 
 A `.part` is resumed only if it was started from the same URL and the server named the version
 it sent (a strong ETag, or Last-Modified): `.part.src` records both, the version goes back as
@@ -326,14 +327,15 @@ def _fetch_from_sources(url, destination, limit, opts: _Options, size=None,
     for source in sources_for(url):
         try:
             if _is_url(source):
-                got = _fetch_with_retries(source, part, opts, limit)
+                total, cut, published = _fetch_with_retries(source, part, opts, limit)
             else:
-                got = _copy_from_mirror_dir(source, part, limit)
-            _verify(part, url, size, sha256)
+                total, cut, published = _copy_from_mirror_dir(source, part, limit)
+            # the digest a server publishes vouches for the whole file, not for a prefix
+            _verify(part, url, size, sha256 or (published if limit is None else None))
         except _SourceError as e:
             failures.append((source, str(e)))
             continue
-        return got
+        return total, cut
     raise DownloadError(_failure_message(url, destination, failures))
 
 
@@ -404,7 +406,7 @@ def _validator(r: requests.Response) -> list[str] | None:
     return ["Last-Modified", modified] if modified else None
 
 
-def _copy_from_mirror_dir(source: str, part: Path, limit: int | None) -> tuple[int, bool]:
+def _copy_from_mirror_dir(source: str, part: Path, limit: int | None) -> tuple[int, bool, None]:
     """Copy a file (or its first `limit` bytes) from a mirror directory to `part`."""
     if not os.path.isfile(source):
         raise _SourceError("not in mirror dir")
@@ -419,11 +421,11 @@ def _copy_from_mirror_dir(source: str, part: Path, limit: int | None) -> tuple[i
                     dst.write(src.read(min(CHUNK_BYTES, limit - dst.tell())))
     except OSError as e:
         raise _SourceError(f"copy failed: {e}") from e
-    return total, limit is not None and total > limit
+    return total, limit is not None and total > limit, None
 
 
 def _fetch_with_retries(url: str, part: Path, opts: _Options,
-                        limit: int | None) -> tuple[int | None, bool]:
+                        limit: int | None) -> tuple[int | None, bool, str | None]:
     """Stream `url` into `part`, retrying network failures with exponential backoff."""
     clock = _Deadline(opts.deadline)
     for attempt in range(opts.retries + 1):
@@ -456,11 +458,11 @@ class _Deadline:
 
 
 def _fetch_once(url: str, part: Path, opts: _Options, limit: int | None,
-                clock: _Deadline) -> tuple[int | None, bool]:
+                clock: _Deadline) -> tuple[int | None, bool, str | None]:
     """One HTTP request: resume `part` if the server allows it, else start it over.
 
     With `limit`, only the first `limit` bytes are asked for and kept. Returns (total, cut) as
-    `_fetch_from_sources` does.
+    `_fetch_from_sources` does, and the SHA-256 the server publishes for the whole file.
     """
     origin = _read_origin(part)
     if part.exists() and (origin.get("url") != url or not origin.get("validator")
@@ -480,7 +482,8 @@ def _fetch_once(url: str, part: Path, opts: _Options, limit: int | None,
             part.unlink()
             raise _RetryableError("the server sent part of another version; starting over")
         if start == 0:  # a fresh start: record where these bytes come from
-            _src_file(part).write_text(json.dumps({"url": url, "validator": _validator(r)}))
+            validator = None if _compressed(r) else _validator(r)  # None: never resumed
+            _src_file(part).write_text(json.dumps({"url": url, "validator": validator}))
         keep = promised  # the bytes of this answer to keep: all of them, or up to the limit
         if limit is not None:
             keep = limit - start if promised is None else min(limit - start, promised)
@@ -494,7 +497,21 @@ def _fetch_once(url: str, part: Path, opts: _Options, limit: int | None,
         more = None  # for a prefix of unknown length that reached the limit: is there more?
         if limit and promised is None and part.stat().st_size == limit:
             more = bool(r.raw.read1(1))
-    return _outcome(part.stat().st_size, final, total, limit, more)
+    return (*_outcome(part.stat().st_size, final, total, limit, more), _published_sha256(r))
+
+
+def _published_sha256(r: requests.Response) -> str | None:
+    """The SHA-256 a server publishes for the file, or None.
+
+    Hugging Face names an LFS file's SHA-256 in X-Linked-Etag, on the redirect from
+    huggingface.co to its storage (TinyStories' text files, GPT-2's safetensors): with it, a body
+    that ends early without a word is caught. A git blob's 40-digit SHA-1 is not taken.
+    """
+    for answer in (*r.history, r):
+        tag = answer.headers.get("X-Linked-Etag", "").strip().removeprefix("W/").strip('"')
+        if re.fullmatch(r"[0-9a-fA-F]{64}", tag):
+            return tag.lower()
+    return None
 
 
 def _outcome(size: int, final, total, limit, more) -> tuple[int | None, bool]:
@@ -517,12 +534,23 @@ def _check_status(r: requests.Response, part: Path) -> None:
         raise _SourceError(f"{r.status_code} {r.reason}")
     if r.status_code >= 500:  # the server is struggling: worth another try
         raise _RetryableError(f"{r.status_code} {r.reason}")
-    encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):  # its bytes and byte ranges are not the file's
-        raise _SourceError(f"the server compressed the body ({encoding}) although asked not to")
+    if _compressed(r) and r.status_code == 206:  # a piece of the compressed bytes: no use
+        part.unlink(missing_ok=True)
+        raise _SourceError("the server sent a compressed piece of the file (Content-Encoding) "
+                           "although asked not to compress")
     # Count the bytes ourselves (_stream): urllib3 would raise on a short body and throw away
     # the last chunk it read, bytes the next attempt would then have to fetch again.
     r.raw.enforce_content_length = False
+    r.raw.decode_content = _compressed(r)  # a server that compresses anyway: keep the file's bytes
+
+
+def _compressed(r: requests.Response) -> bool:
+    """Did the server compress the body although asked not to (Accept-Encoding: identity)?
+
+    Then Content-Length counts compressed bytes and byte ranges mean nothing: the body is
+    decompressed and taken as one of unknown length, never resumed.
+    """
+    return r.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
 
 
 def _answer_span(r: requests.Response, have: int) -> tuple[int, int | None, int | None]:
@@ -532,7 +560,8 @@ def _answer_span(r: requests.Response, have: int) -> tuple[int, int | None, int 
     starts neither where `part` ends nor at 0 cannot be placed: try again from the start.
     """
     length = r.headers.get("Content-Length")
-    length = int(length) if length is not None and length.isdigit() else None
+    length = int(length) if length is not None and length.isdigit() and not _compressed(r) \
+        else None
     if r.status_code != 206:
         return 0, length, length
     m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", r.headers.get("Content-Range", ""))

@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 that misbehaves on request, for the download tests."""
 import collections
+import gzip
 import re
 import socket
 import struct
@@ -20,10 +21,12 @@ class FakeServer:
     Paths in `fail_first` answer 503 to their first request.
     Paths in `no_length` get no Content-Length: the body ends when the connection closes.
     Paths in `chunked` are sent in chunks (Transfer-Encoding: chunked); a cut one lacks the end.
+    Paths in `gzip` are compressed although the client asks for identity.
     Paths in `reset` are cut with a TCP reset instead of a clean close.
     `validator[path]`: "etag" (the default), "weak" (a weak ETag), "last-modified", or None.
     `pace[path] = (n, delay_s, max_s)`: send n bytes every delay_s seconds, for at most max_s
     seconds, then the rest at once.
+    `redirects[path] = (target, headers)`: a 302 to `target`, with extra headers.
     `sent` counts the body bytes the server managed to send per path.
     """
 
@@ -32,8 +35,9 @@ class FakeServer:
         self.ranges = collections.defaultdict(list)
         self.drop_first, self.short, self.ignore_range, self.fail_first = set(), set(), set(), set()
         self.no_length, self.chunked, self.reset, self.ignore_if_range = set(), set(), set(), set()
+        self.gzip = set()
         self.cut_next, self.sent = collections.Counter(), collections.Counter()
-        self.validator, self.pace = {}, {}
+        self.validator, self.pace, self.redirects = {}, {}, {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
@@ -62,6 +66,8 @@ class FakeServer:
                 server.counts[self.path] += 1
                 server.ranges[self.path].append(self.headers.get("Range"))
                 first = server.counts[self.path] == 1
+                if self.path in server.redirects:
+                    return self.redirect(*server.redirects[self.path])
                 if self.path not in server.files:
                     return self.send_error(404)
                 if self.path in server.fail_first and first:
@@ -82,6 +88,9 @@ class FakeServer:
                 if m:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
                 payload = body[start:end + 1]
+                if self.path in server.gzip:  # although the client asked for identity
+                    payload = gzip.compress(payload)
+                    self.send_header("Content-Encoding", "gzip")
                 if self.path in server.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                 elif self.path not in server.no_length:
@@ -92,6 +101,14 @@ class FakeServer:
                     server.cut_next[self.path] -= 1
                     cut = True
                 self.send_body(payload[:len(payload) // 2] if cut else payload, not cut)
+
+            def redirect(self, target, headers):
+                self.send_response(302)
+                self.send_header("Location", server.url(target))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def send_body(self, payload, complete):
                 chunked = self.path in server.chunked

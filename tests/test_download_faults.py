@@ -90,6 +90,24 @@ def test_a_resumed_answer_without_a_length_is_checked_against_its_content_range(
     assert server.counts[PATH] == 3
 
 
+def test_a_digest_the_server_publishes_is_checked(server, tmp_path):
+    """Hugging Face names an LFS file's SHA-256 (X-Linked-Etag) on the redirect to its storage,
+    as for TinyStories' text files: a body cut without a word there never lands."""
+    published = {"X-Linked-Etag": f'"{hashlib.sha256(BODY).hexdigest()}"',
+                 "X-Linked-Size": str(len(BODY))}
+    server.redirects["/resolve/a.bin"] = (PATH, published)
+    server.no_length.add(PATH)
+    server.cut_next[PATH] = 1
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download_file(server.url("/resolve/a.bin"), dest, progress=False)
+    assert leftovers(tmp_path) == []
+    assert download_file(server.url("/resolve/a.bin"), dest, progress=False).read_bytes() == BODY
+    # a git blob's SHA-1 is no SHA-256: not taken as one
+    server.redirects["/resolve/b.bin"] = (PATH, {"X-Linked-Etag": '"' + "ab" * 20 + '"'})
+    assert download_file(server.url("/resolve/b.bin"), tmp_path / "b.bin", progress=False)
+
+
 @pytest.mark.parametrize("how", ["chunked", "reset"])
 def test_a_body_of_unknown_length_cut_short_is_not_accepted(server, tmp_path, how):
     """Chunked: the missing final chunk says it was cut. No length: a reset (RST), unlike an
@@ -101,6 +119,20 @@ def test_a_body_of_unknown_length_cut_short_is_not_accepted(server, tmp_path, ho
     dest = tmp_path / "a.bin"
     assert download_file(server.url(PATH), dest, progress=False).read_bytes() == BODY
     assert server.counts[PATH] == 2
+
+
+def test_a_server_that_compresses_anyway_gives_the_file_itself(server, tmp_path):
+    """Asked for identity, it sends gzip: the file's own bytes land, checked against its pins
+    (Content-Length counts compressed bytes, so only they can judge), and a prefix is cut from
+    the decompressed bytes."""
+    server.gzip.add(PATH)
+    server.ignore_range.add(PATH)  # a compressed 206 would be of no use
+    dest = tmp_path / "a.bin"
+    got = download_file(server.url(PATH), dest, progress=False, size=len(BODY),
+                        sha256=hashlib.sha256(BODY).hexdigest())
+    assert got.read_bytes() == BODY
+    prefix = download.download_prefix(server.url(PATH), tmp_path / "p.bin", 1000, progress=False)
+    assert prefix.path.read_bytes() == BODY[:1000] and prefix.cut
 
 
 # --- HTML pages that do not start with <html ---------------------------------------------------
