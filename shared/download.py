@@ -159,11 +159,14 @@ def download_file(url, destination, *, progress=True, retries=3, timeout=30, siz
         part = _part_file(destination)
         os.replace(part, destination)  # atomic: readers see no file or the whole file
         _src_file(part).unlink(missing_ok=True)
+        _prefix_record_file(destination).unlink(missing_ok=True)
     return destination
 
 
 def _complete(destination: Path, sha256: str | None) -> bool:
-    return destination.is_file() and (sha256 is None or _sha256(destination) == sha256)
+    """Is the whole file under `destination`? Not when download_prefix left only its start."""
+    return (destination.is_file() and not _prefix_record_file(destination).exists()
+            and (sha256 is None or _sha256(destination) == sha256))
 
 
 @dataclass(frozen=True)

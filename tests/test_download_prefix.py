@@ -157,3 +157,11 @@ def test_max_bytes_must_be_a_whole_number_of_at_least_one(tmp_path, max_bytes):
     with pytest.raises(ValueError, match="max_bytes"):
         download_prefix("http://127.0.0.1:9/a.txt", tmp_path / "a.txt", max_bytes)
     assert leftovers(tmp_path) == []
+
+
+def test_a_prefix_is_not_taken_for_the_whole_file(server, tmp_path):
+    """download_file into a destination that holds only a prefix fetches the whole file."""
+    dest = tmp_path / "a.txt"
+    download_prefix(server.url(PATH), dest, 1000, progress=False)
+    assert download.download_file(server.url(PATH), dest, progress=False).read_bytes() == BODY
+    assert leftovers(tmp_path) == ["a.txt"]
