@@ -84,8 +84,14 @@ RETRYABLE = (
     requests.ConnectionError,                # refused, reset, DNS, read timeout mid-body
     requests.Timeout,                        # no answer within `timeout` seconds
     requests.exceptions.ChunkedEncodingError,  # connection dropped mid-body
-    urllib3.exceptions.ProtocolError,        # the same, when it escapes requests' wrappers
+    urllib3.exceptions.ProtocolError,        # the same, read directly from urllib3 (read1)
+    urllib3.exceptions.ReadTimeoutError,     # no byte within `timeout` seconds, mid-body
+    urllib3.exceptions.SSLError,             # a TLS record broken mid-body
+    urllib3.exceptions.DecodeError,          # a compressed body that does not decompress
 )
+# Failures of the source itself: another try would fail the same way.
+SOURCE_FAILURES = (requests.TooManyRedirects, requests.exceptions.InvalidSchema,
+                   requests.exceptions.InvalidURL)
 
 
 class DownloadError(RuntimeError):
@@ -434,6 +440,8 @@ def _fetch_with_retries(url: str, part: Path, opts: _Options,
     for attempt in range(opts.retries + 1):
         try:
             return _fetch_once(url, part, opts, limit, clock)
+        except SOURCE_FAILURES as e:  # e.g. a redirect loop, a redirect to ftp://
+            raise _SourceError(f"{type(e).__name__}: {e}"[:200]) from e
         except (_RetryableError, *RETRYABLE) as e:
             reason = _reason(e)
             if attempt == opts.retries:

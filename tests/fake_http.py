@@ -22,6 +22,7 @@ class FakeServer:
     Paths in `no_length` get no Content-Length: the body ends when the connection closes.
     Paths in `chunked` are sent in chunks (Transfer-Encoding: chunked); a cut one lacks the end.
     Paths in `gzip` are compressed although the client asks for identity.
+    Paths in `stall_first` get half the body on their first request, then nothing for 2 s.
     Paths in `reset` are cut with a TCP reset instead of a clean close.
     `validator[path]`: "etag" (the default), "weak" (a weak ETag), "last-modified", or None.
     `pace[path] = (n, delay_s, max_s)`: send n bytes every delay_s seconds, for at most max_s
@@ -35,7 +36,7 @@ class FakeServer:
         self.ranges = collections.defaultdict(list)
         self.drop_first, self.short, self.ignore_range, self.fail_first = set(), set(), set(), set()
         self.no_length, self.chunked, self.reset, self.ignore_if_range = set(), set(), set(), set()
-        self.gzip = set()
+        self.gzip, self.stall_first = set(), set()
         self.cut_next, self.sent = collections.Counter(), collections.Counter()
         self.validator, self.pace, self.redirects = {}, {}, {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -96,7 +97,8 @@ class FakeServer:
                 elif self.path not in server.no_length:
                     self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                cut = self.path in server.short or (self.path in server.drop_first and first)
+                cut = self.path in server.short or (first and (self.path in server.drop_first
+                                                               or self.path in server.stall_first))
                 if server.cut_next[self.path] > 0:
                     server.cut_next[self.path] -= 1
                     cut = True
@@ -125,6 +127,8 @@ class FakeServer:
                         server.sent[self.path] += len(piece)
                     if chunked and complete:
                         self.wfile.write(b"0\r\n\r\n")
+                    if not complete and self.path in server.stall_first:
+                        time.sleep(2)  # longer than the tests' read timeout
                     if not complete and self.path in server.reset:
                         # SO_LINGER 0: close() sends a reset (RST), not an orderly end (FIN)
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,

@@ -135,6 +135,22 @@ def test_a_server_that_compresses_anyway_gives_the_file_itself(server, tmp_path)
     assert prefix.path.read_bytes() == BODY[:1000] and prefix.cut
 
 
+def test_a_body_that_stalls_mid_way_is_retried(server, tmp_path):
+    """No byte for longer than `timeout` after half the body: a read timeout, tried again."""
+    server.stall_first.add(PATH)
+    dest = tmp_path / "a.bin"
+    assert download_file(server.url(PATH), dest, progress=False, timeout=0.5).read_bytes() == BODY
+    assert server.ranges[PATH] == [None, f"bytes={len(BODY) // 2}-"]
+
+
+def test_a_redirect_loop_is_a_failed_source_not_a_traceback(server, tmp_path):
+    server.redirects["/loop/a"] = ("/loop/b", {})
+    server.redirects["/loop/b"] = ("/loop/a", {})
+    with pytest.raises(DownloadError, match="TooManyRedirects"):
+        download_file(server.url("/loop/a"), tmp_path / "a.bin", progress=False)
+    assert leftovers(tmp_path) == []
+
+
 # --- HTML pages that do not start with <html ---------------------------------------------------
 
 @pytest.mark.parametrize("page", [
