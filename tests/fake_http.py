@@ -39,7 +39,8 @@ class FakeServer:
         self.gzip, self.stall_first = set(), set()
         self.cut_next, self.sent = collections.Counter(), collections.Counter()
         self.validator, self.pace, self.redirects = {}, {}, {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.fake = self
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -58,86 +59,6 @@ class FakeServer:
             return "Last-Modified", formatdate(1_500_000_000 + version % 10**8, usegmt=True)
         return None
 
-    def _handler(server):  # noqa: N805 -- `server` is the FakeServer, `self` the request
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest's output clean
-                pass
-
-            def do_GET(self):
-                server.counts[self.path] += 1
-                server.ranges[self.path].append(self.headers.get("Range"))
-                first = server.counts[self.path] == 1
-                if self.path in server.redirects:
-                    return self.redirect(*server.redirects[self.path])
-                if self.path not in server.files:
-                    return self.send_error(404)
-                if self.path in server.fail_first and first:
-                    return self.send_error(503)
-                body, version = server.files[self.path], server.validator_header(self.path)
-                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-                if_range = self.headers.get("If-Range")
-                changed = if_range is not None and (version is None or if_range != version[1])
-                if self.path in server.ignore_range or (changed and self.path not in server.ignore_if_range):
-                    m = None  # ignored, or changed since: the whole file
-                start = int(m.group(1)) if m else 0
-                end = min(int(m.group(2)), len(body) - 1) if m and m.group(2) else len(body) - 1
-                if m and start >= len(body):
-                    return self.send_error(416)
-                self.send_response(206 if m else 200)
-                if version:
-                    self.send_header(*version)
-                if m:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
-                payload = body[start:end + 1]
-                if self.path in server.gzip:  # although the client asked for identity
-                    payload = gzip.compress(payload)
-                    self.send_header("Content-Encoding", "gzip")
-                if self.path in server.chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                elif self.path not in server.no_length:
-                    self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                cut = self.path in server.short or (first and (self.path in server.drop_first
-                                                               or self.path in server.stall_first))
-                if server.cut_next[self.path] > 0:
-                    server.cut_next[self.path] -= 1
-                    cut = True
-                self.send_body(payload[:len(payload) // 2] if cut else payload, not cut)
-
-            def redirect(self, target, headers):
-                self.send_response(302)
-                self.send_header("Location", server.url(target))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def send_body(self, payload, complete):
-                chunked = self.path in server.chunked
-                n, delay, max_s = server.pace.get(self.path, (1 << 16, 0, 0))
-                stop_pacing = time.monotonic() + max_s
-                try:
-                    for i in range(0, len(payload), n):
-                        if delay and time.monotonic() < stop_pacing:
-                            time.sleep(delay)
-                        else:
-                            n = 1 << 16  # done pacing: the rest at once
-                        piece = payload[i:i + n]
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                        server.sent[self.path] += len(piece)
-                    if chunked and complete:
-                        self.wfile.write(b"0\r\n\r\n")
-                    if not complete and self.path in server.stall_first:
-                        time.sleep(2)  # longer than the tests' read timeout
-                    if not complete and self.path in server.reset:
-                        # SO_LINGER 0: close() sends a reset (RST), not an orderly end (FIN)
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                                   struct.pack("ii", 1, 0))
-                        self.connection.close()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client closed the connection: it had what it wanted
-        return Handler
-
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
         return self
@@ -145,6 +66,92 @@ class FakeServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers as `self.server.fake`, the FakeServer, says."""
+
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+    def do_GET(self):
+        server = self.server.fake
+        server.counts[self.path] += 1
+        server.ranges[self.path].append(self.headers.get("Range"))
+        first = server.counts[self.path] == 1
+        if self.path in server.redirects:
+            return self.redirect(*server.redirects[self.path])
+        if self.path not in server.files:
+            return self.send_error(404)
+        if self.path in server.fail_first and first:
+            return self.send_error(503)
+        body, version = server.files[self.path], server.validator_header(self.path)
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+        if_range = self.headers.get("If-Range")
+        changed = if_range is not None and (version is None or if_range != version[1])
+        if self.path in server.ignore_range or (changed and self.path not in server.ignore_if_range):
+            m = None  # ignored, or changed since: the whole file
+        start = int(m.group(1)) if m else 0
+        end = min(int(m.group(2)), len(body) - 1) if m and m.group(2) else len(body) - 1
+        if m and start >= len(body):
+            return self.send_error(416)
+        self.send_response(206 if m else 200)
+        if version:
+            self.send_header(*version)
+        if m:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+        payload = body[start:end + 1]
+        if self.path in server.gzip:  # although the client asked for identity
+            payload = gzip.compress(payload)
+            self.send_header("Content-Encoding", "gzip")
+        if self.path in server.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif self.path not in server.no_length:
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        cut = self.path in server.short or (first and (self.path in server.drop_first
+                                                       or self.path in server.stall_first))
+        if server.cut_next[self.path] > 0:
+            server.cut_next[self.path] -= 1
+            cut = True
+        self.send_body(payload[:len(payload) // 2] if cut else payload, not cut)
+
+    def redirect(self, target, headers):
+        server = self.server.fake
+        self.send_response(302)
+        self.send_header("Location", server.url(target))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def send_body(self, payload, complete):
+        server = self.server.fake
+        chunked = self.path in server.chunked
+        n, delay, max_s = server.pace.get(self.path, (1 << 16, 0, 0))
+        stop_pacing = time.monotonic() + max_s
+        try:
+            sent = 0
+            while sent < len(payload):
+                if delay and time.monotonic() < stop_pacing:
+                    time.sleep(delay)
+                else:
+                    n = 1 << 16  # done pacing: the rest at once
+                piece = payload[sent:sent + n]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+                server.sent[self.path] += len(piece)
+            if chunked and complete:
+                self.wfile.write(b"0\r\n\r\n")
+            if not complete and self.path in server.stall_first:
+                time.sleep(2)  # longer than the tests' read timeout
+            if not complete and self.path in server.reset:
+                # SO_LINGER 0: close() sends a reset (RST), not an orderly end (FIN)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client closed the connection: it had what it wanted
 
 
 def closed_port() -> int:
