@@ -24,7 +24,8 @@ class FakeServer:
     Paths in `gzip` are compressed although the client asks for identity.
     Paths in `stall_first` get half the body on their first request, then nothing for 2 s.
     Paths in `reset` are cut with a TCP reset instead of a clean close.
-    `validator[path]`: "etag" (the default), "weak" (a weak ETag), "last-modified", or None.
+    `validator[path]`: "etag" (the default), "weak" (one weak ETag for every version),
+    "last-modified", or None.
     `pace[path] = (n, delay_s, max_s)`: send n bytes every delay_s seconds, for at most max_s
     seconds, then the rest at once.
     `redirects[path] = (target, headers)`: a 302 to `target`, with extra headers.
@@ -53,8 +54,8 @@ class FakeServer:
         kind = self.validator.get(path, "etag")
         if kind == "etag":
             return "ETag", f'"v{version:x}"'
-        if kind == "weak":
-            return "ETag", f'W/"v{version:x}"'
+        if kind == "weak":  # kept while the server deems versions equivalent: here, always
+            return "ETag", 'W/"v1"'
         if kind == "last-modified":
             return "Last-Modified", formatdate(1_500_000_000 + version % 10**8, usegmt=True)
         return None
