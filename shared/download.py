@@ -487,6 +487,10 @@ def _fetch_once(url: str, part: Path, opts: _Options, limit: int | None,
     if have:  # a file changed on the server comes whole (200), not as a 206 of the new version
         headers["If-Range"] = origin["validator"][1]
     with requests.get(url, headers=headers, stream=True, timeout=opts.timeout) as r:
+        if r.status_code == 416 and limit and not have:  # bytes=0-N unsatisfiable: an empty file
+            part.write_bytes(b"")
+            _src_file(part).write_text(json.dumps({"url": url, "validator": None}))
+            return 0, False, None
         _check_status(r, part)
         start, promised, total = _answer_span(r, have)
         if start and _validator(r) != origin["validator"]:  # ignored If-Range: another version

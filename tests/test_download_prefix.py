@@ -165,3 +165,11 @@ def test_a_prefix_is_not_taken_for_the_whole_file(server, tmp_path):
     download_prefix(server.url(PATH), dest, 1000, progress=False)
     assert download.download_file(server.url(PATH), dest, progress=False).read_bytes() == BODY
     assert leftovers(tmp_path) == ["a.txt"]
+
+
+def test_an_empty_file_is_an_empty_prefix(server, tmp_path):
+    """Range: bytes=0-N of an empty file is unsatisfiable (416): the whole file is no bytes."""
+    server.files[PATH] = b""
+    got = download_prefix(server.url(PATH), tmp_path / "a.txt", 1000, progress=False)
+    assert got == Prefix(tmp_path / "a.txt", 0, 0, False)
+    assert got.path.read_bytes() == b""
