@@ -35,6 +35,11 @@ GPT2_MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
+# (size, SHA-256) of the files whose bytes are known in advance. OpenAI publishes no digests for
+# GPT-2: `checkpoint` is TensorFlow's fixed two-line pointer to model.ckpt (77 bytes in every
+# download log). The data file and its index are verified by their own CRC32C checksums when
+# read (shared.tf_checkpoint); hparams.json is checked as it is read.
+GPT2_PINNED = {"checkpoint": (77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db73daa6975eb896ab9cb")}
 
 # Hugging Face keeps the same weights as safetensors, in OpenAI's orientation.
 GPT2_SOURCES = ("openai", "huggingface")
@@ -197,8 +202,9 @@ def download_gpt2_files(model_size: str, models_dir="gpt2", progress: bool = Tru
     model_dir = Path(models_dir) / model_size
     try:
         for name in GPT2_FILES:  # a file already there is complete: download_file renames atomically
+            size, sha256 = GPT2_PINNED.get(name, (None, None))
             download_file(f"{GPT2_MODELS_URL}/{model_size}/{name}", model_dir / name,
-                          progress=progress)
+                          progress=progress, size=size, sha256=sha256)
     except DownloadError as err:
         raise DownloadError(
             f"{err}\nThe same weights are also on Hugging Face: download_and_load_gpt2("

@@ -16,6 +16,7 @@ FILE_SHA256 = {  # OpenAI's two files, as tiktoken knows them
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
+FILE_SIZE = {"vocab.bpe": 456318, "encoder.json": 1042301}  # bytes, of the same files
 
 
 def _cache_dir() -> Path:
@@ -58,7 +59,8 @@ def get_tokenizer() -> tiktoken.Encoding:
     cache = _cache_dir()
     # With the digests, a damaged copy in the cache is fetched again instead of failing forever.
     paths = [download_file(ENCODINGS_URL + name, cache / name, progress=False,
-                           sha256=FILE_SHA256[name]) for name in ("vocab.bpe", "encoder.json")]
+                           size=FILE_SIZE[name], sha256=FILE_SHA256[name])
+             for name in ("vocab.bpe", "encoder.json")]
     return _encoding_from_files(str(paths[0]), str(paths[1]))
 
 

@@ -1,10 +1,7 @@
 """shared.download against real HTTP servers on 127.0.0.1 (stdlib http.server, no network)."""
-import collections
+import json
 import os
 import re
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,71 +9,10 @@ import requests
 
 from shared import download
 from shared.download import DownloadError, download_file, get_the_verdict, mirror_bases, sources_for
+from fake_http import FakeServer, closed_port
 
 REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
-
-
-class FakeServer:
-    """Serves `files` (path -> bytes); records every request's path and Range header.
-
-    Paths in `drop_first` get half the body on their first request, then the socket closes.
-    Paths in `short` always get half of what Content-Length promises (a lying server).
-    Paths in `ignore_range` always answer 200 with the whole body.
-    Paths in `fail_first` answer 503 to their first request.
-    """
-
-    def __init__(self):
-        self.files, self.counts = {}, collections.Counter()
-        self.ranges = collections.defaultdict(list)
-        self.drop_first, self.short, self.ignore_range, self.fail_first = set(), set(), set(), set()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def url(self, path):
-        return self.base + path
-
-    def _handler(server):  # noqa: N805 -- `server` is the FakeServer, `self` the request
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest's output clean
-                pass
-
-            def do_GET(self):
-                server.counts[self.path] += 1
-                server.ranges[self.path].append(self.headers.get("Range"))
-                first = server.counts[self.path] == 1
-                if self.path not in server.files:
-                    return self.send_error(404)
-                if self.path in server.fail_first and first:
-                    return self.send_error(503)
-                body = server.files[self.path]
-                m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                start = int(m.group(1)) if m and self.path not in server.ignore_range else 0
-                if start >= len(body) > 0:
-                    return self.send_error(416)
-                etag = f'"v{hash(body) & 0xffffffff:x}"'
-                if self.headers.get("If-Range") not in (None, etag):  # changed since: all of it
-                    start = 0
-                self.send_response(206 if start else 200)
-                self.send_header("ETag", etag)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                payload = body[start:]
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.path in server.short or (self.path in server.drop_first and first):
-                    payload = body[start:start + len(payload) // 2]  # then the socket closes
-                self.wfile.write(payload)
-        return Handler
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -99,13 +35,6 @@ def server():
 def mirror_server():
     with FakeServer() as s:
         yield s
-
-
-def closed_port() -> int:
-    """A port nothing listens on, so connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_full_download(server, tmp_path):
@@ -142,7 +71,8 @@ def test_resume_after_dropped_connection(server, tmp_path):
 def test_resume_part_file_from_earlier_run(server, tmp_path):
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(BODY[:3000])
-    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))  # started from this URL
+    origin = {"url": server.url("/files/a.bin"), "validator": server.validator_header("/files/a.bin")}
+    Path(str(dest) + ".part.src").write_text(json.dumps(origin))  # started from this URL, version
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
@@ -152,7 +82,8 @@ def test_server_ignoring_range_starts_over(server, tmp_path):
     server.ignore_range.add("/files/a.bin")
     dest = tmp_path / "a.bin"
     Path(str(dest) + ".part").write_bytes(b"x" * 3000)  # would corrupt the file if appended to
-    Path(str(dest) + ".part.src").write_text(server.url("/files/a.bin"))
+    origin = {"url": server.url("/files/a.bin"), "validator": server.validator_header("/files/a.bin")}
+    Path(str(dest) + ".part.src").write_text(json.dumps(origin))
     download_file(server.url("/files/a.bin"), dest, progress=False)
     assert server.ranges["/files/a.bin"] == ["bytes=3000-"]
     assert dest.read_bytes() == BODY
