@@ -37,6 +37,7 @@ from tqdm import tqdm
 from shared import checks, distributed, speedups
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.data import get_batch
+from shared.files import exclusive_folder
 from shared.token_files import load_tokens
 from shared.device import get_device
 
@@ -382,13 +383,20 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     Under torchrun (torch.distributed initialised by the caller, see shared.train_tinystories)
     the model is wrapped in DistributedDataParallel (shared.distributed): each process draws its
     own batches, and only rank 0 evaluates, logs and writes checkpoints.
+
+    out_dir is locked for the run (rank 0 holds shared.files.exclusive_folder): another run into
+    the same folder while this one lives raises FolderInUse naming this process.
     """
-    run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
-    try:
-        return _train(run, resume)
-    finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
-        if hasattr(model, "tok_emb"):
-            model.tok_emb.sparse = run.sparse_before
+    # One writer per out_dir (shared.files): a second run into it, from another notebook or
+    # command line, is refused instead of swapping best.pt and last.pt with this one's.
+    master = distributed.processes().master
+    with exclusive_folder(out_dir) if master else nullcontext():
+        run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
+        try:
+            return _train(run, resume)
+        finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
+            if hasattr(model, "tok_emb"):
+                model.tok_emb.sparse = run.sparse_before
 
 
 def _train(run: Run, resume: bool):

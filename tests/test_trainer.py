@@ -296,3 +296,24 @@ def test_train_leaves_the_models_embedding_as_it_found_it(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.tensor([[1, 2, 3]])).sum().backward()
     optimizer.step()  # AdamW would refuse a sparse gradient
+
+
+# --- one writer per out_dir (issue 23, class 1) -----------------------------------------------------
+
+def test_train_into_a_folder_another_process_holds_is_refused(tmp_path):
+    """Two notebook runs into one folder would swap each other's best.pt and last.pt."""
+    from lock_holder import held_by_another_process
+    from shared.files import FolderInUse
+
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=2, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    data = np.arange(200) % 20
+    out = tmp_path / "run"
+    with held_by_another_process(out) as holder:
+        with pytest.raises(FolderInUse, match=f"in use by process {holder.pid}"):
+            train(model, data, data, cfg, out, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    history = train(model, data, data, cfg, out, progress=False)  # its holder is gone
+    assert history["iters"] == [0, 2]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
