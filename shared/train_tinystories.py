@@ -12,8 +12,13 @@ With the defaults one step sees 32 x 512 = 16,384 tokens, and 20000 steps ~330M 
 
 Every --eval-interval steps the run writes out_dir/best.pt (lowest val loss) and out_dir/last.pt;
 --resume continues from last.pt with the same batches and dropout masks it would have drawn. On
---resume the model size comes from last.pt, and the other flags apply (raise --max-iters to train
-longer; keep --lr-decay-iters fixed when you do, or the schedule changes under the run).
+--resume the model comes from last.pt (a size flag with another value is refused), a training flag
+left out keeps last.pt's value, and one given applies from the next step and is recorded in
+last.pt: --max-iters, the schedule (--lr, --min-lr, --warmup-iters, --lr-decay-iters),
+--weight-decay, --grad-clip, --eval-interval, --patience, --dropout. --batch-size, --block-size,
+--grad-accum, --seed and --eval-iters cannot change within a run and are refused. Raise
+--max-iters to train longer (keep --lr-decay-iters fixed, or the schedule changes under the run);
+a run that stopped early continues when --max-iters or --patience is raised.
 
 More GPUs, same script:
 
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out-dir", required=True, type=writable_dir, help="folder for best.pt and last.pt")
     io.add_argument("--resume", action="store_true", help="continue the run saved in out-dir/last.pt")
 
-    m = p.add_argument_group("model (ignored on --resume: the size comes from last.pt)")
+    m = p.add_argument_group("model (on --resume: from last.pt; another size is refused)")
     m.add_argument("--emb-dim", type=positive_int, default=384)
     m.add_argument("--num-layers", type=positive_int, default=6)
     m.add_argument("--num-heads", type=positive_int, default=6)
@@ -135,15 +140,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _saved_model_config(last_path: Path) -> dict:
+# --resume: the flags given on the command line either apply or are refused, never ignored.
+# The model comes from last.pt: a size flag given with another value is refused (--dropout
+# applies). A training flag left out takes last.pt's value; one given applies from the next step,
+# or shared.trainer refuses it (FIXED_ON_RESUME: batch, block size, accumulation, seed, eval-iters).
+MODEL_FLAGS = {"emb_dim": "emb_dim", "num_layers": "num_layers", "num_heads": "num_heads",
+               "vocab_size": "vocab_size", "rope_theta": "rope_theta", "tie_weights": "tie_weights"}
+TRAIN_FLAGS = {"max_iters": "max_iters", "batch_size": "batch_size", "block_size": "block_size",
+               "grad_accum": "grad_accum_steps", "lr": "learning_rate", "min_lr": "min_lr",
+               "warmup_iters": "warmup_iters", "lr_decay_iters": "lr_decay_iters",
+               "weight_decay": "weight_decay", "grad_clip": "grad_clip",
+               "eval_interval": "eval_interval", "eval_iters": "eval_iters", "patience": "patience",
+               "seed": "seed"}
+
+
+def given_flags(argv) -> set:
+    """The destinations of the flags on the command line (a default cannot tell them apart)."""
+    parser = build_parser()
+    for action in parser._actions:  # (set_defaults would also run SUPPRESS through each type)
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _saved_run(last_path: Path) -> tuple:
+    """(model_config, train_config) that last.pt records."""
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: {last_path} not found; run without --resume to start "
                                 "training")
     extra = read_checkpoint(last_path, map_location="cpu").get("extra")
-    config = extra.get("model_config") if isinstance(extra, dict) else None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{last_path} holds no model_config, so this script did not write it; "
-                              "delete it to start over, or point --out-dir at the right run")
+    extra = extra if isinstance(extra, dict) else {}
+    config, training = extra.get("model_config"), extra.get("train_config")
+    if not isinstance(config, dict) or not isinstance(training, dict):
+        raise CheckpointError(f"{last_path} holds no model_config and train_config, so this script "
+                              "did not write it; delete it to start over, or point --out-dir at the "
+                              "right run")
+    missing = [key for key in ("context_length", "vocab_size") if key not in config]
+    if missing:
+        raise CheckpointError(f"{last_path} records a model_config without {missing}: it is "
+                              "damaged; resume from a complete last.pt or start a new run")
+    return config, training
+
+
+def _resume_settings(args, given, last_path):
+    """The model config of last.pt (a size flag that differs is refused); the training flags that
+    were left out take last.pt's values, in place in `args`."""
+    config, training = _saved_run(last_path)
+    for dest, key in MODEL_FLAGS.items():
+        if dest in given and getattr(args, dest) != config.get(key):
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} {getattr(args, dest)} on --resume: the run in {last_path} has "
+                             f"{key} {config.get(key)!r}, and a model's shape cannot change within "
+                             f"a run; leave {flag} out, or start a new run in another --out-dir")
+    if "dropout" in given:
+        config = {**config, "drop_rate": args.dropout}
+    for dest, field in TRAIN_FLAGS.items():
+        if dest not in given and field in training:
+            setattr(args, dest, training[field])
     return config
 
 
@@ -160,6 +212,7 @@ def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.given = given_flags(argv)
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
 
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
@@ -204,7 +257,7 @@ def main(argv=None):
 def _run(args, data_dir, out_dir, device, ddp, say):
     """Build (or restore the size of) the model and train it; the out-dir is locked."""
     if args.resume:
-        cfg = _saved_model_config(out_dir / "last.pt")
+        cfg = _resume_settings(args, args.given, out_dir / "last.pt")
         checks.check_window(args.block_size, cfg["context_length"], "--block-size")
     else:
         if (out_dir / "last.pt").exists():

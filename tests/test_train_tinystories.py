@@ -89,10 +89,12 @@ def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
     assert first["val_losses"][-1] < first["val_losses"][0] - 0.5
     assert abs(first["val_losses"][0] - np.log(50304)) < 0.5  # untrained: about ln(vocab)
 
-    # Resume: the size flags are ignored, the model comes from last.pt.
+    # Resume: the model comes from last.pt; a size flag with another value is refused.
+    with pytest.raises(ValueError, match=r"--emb-dim 32 on --resume.*emb_dim 16"):
+        main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "30",
+              "--resume", *TINY, "--emb-dim", "32"])
     resumed = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "30",
-                    "--eval-interval", "10", "--lr-decay-iters", "30", "--resume", *TINY,
-                    "--emb-dim", "32"])
+                    "--eval-interval", "10", "--lr-decay-iters", "30", "--resume", *TINY])
     assert resumed["iters"] == [0, 10, 20, 30]
     assert resumed["val_losses"][:3] == first["val_losses"]
     assert len(resumed["step_losses"]) == 30
@@ -106,6 +108,29 @@ def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="--vocab-size"):   # ids up to 50256 need 50257 rows
         main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "small"), *TINY,
               "--vocab-size", "1000"])
+
+
+def test_cli_resume_applies_the_flags_given_and_keeps_last_pts_for_the_rest(data_dir, tmp_path):
+    """--resume --weight-decay 0 trains with 0.0 and records it; a flag left out (--batch-size 3
+    in the first run) keeps last.pt's value instead of the default; one that cannot change is
+    refused before anything is written."""
+    out = tmp_path / "run"
+    tiny = [a for a in TINY]
+    tiny[tiny.index("--batch-size") + 1] = "3"
+    main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2",
+          "--eval-interval", "2", "--weight-decay", "0.3", *tiny])
+    first = (out / "last.pt").read_bytes()
+    resume = ["--data-dir", str(data_dir), "--out-dir", str(out), "--resume", "--no-progress",
+              "--device", "cpu"]  # everything else left out
+    with pytest.raises(ValueError, match=r"cannot resume with batch_size = 5.*has 3"):
+        main([*resume, "--max-iters", "4", "--batch-size", "5"])
+    assert (out / "last.pt").read_bytes() == first
+    history = main([*resume, "--max-iters", "4", "--weight-decay", "0"])
+    assert history["iters"] == [0, 2, 4]
+    saved = torch.load(out / "last.pt", weights_only=True)
+    training = saved["extra"]["train_config"]
+    assert (training["batch_size"], training["eval_interval"], training["weight_decay"]) == (3, 2, 0.0)
+    assert saved["optimizer_state_dict"]["param_groups"][0]["weight_decay"] == 0.0
 
 
 def torchrun(args, timeout=120):
