@@ -40,7 +40,7 @@ import torch.distributed as dist
 from shared import checks
 from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
-                        probability, writable_dir)
+                        probability, seed, stdout_may_close, writable_dir)
 from shared.token_files import load_tokens, read_meta
 from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-iters", type=positive_int, default=100, help="batches per split and evaluation")
     t.add_argument("--patience", type=non_negative_int, default=5,
                    help="stop after this many evaluations without a better val loss; 0: never")
-    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--seed", type=seed, default=1337)
 
     s = p.add_argument_group("system")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -217,7 +217,7 @@ def main(argv=None):
 
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if ddp:
-        local_rank = int(os.environ["LOCAL_RANK"])
+        local_rank = _local_rank()
         # The name only: the device self-check would run on GPU 0 in every process, before each
         # one picks its own GPU (the trainer checks the device it trains on).
         wanted = get_device(args.device, check=False)
@@ -254,8 +254,31 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
+def _local_rank() -> int:
+    """LOCAL_RANK, which torchrun sets with RANK and WORLD_SIZE; one line if it is not there."""
+    values = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if not all(value is not None and value.strip().isdigit() for value in values.values()):
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        raise ValueError(f"RANK and WORLD_SIZE are set but not with a LOCAL_RANK ({shown}): start "
+                         "several processes with torchrun, which sets all three, or unset RANK and "
+                         "WORLD_SIZE to train in one process")
+    return int(values["LOCAL_RANK"])
+
+
+def _check_windows_fit(args, data_dir, splits):
+    """Before the model is built: its position tables grow with --block-size, the data does not."""
+    for name, data in splits.items():
+        if len(data) < args.block_size + 1:
+            raise ValueError(f"--block-size {args.block_size} needs windows of {args.block_size + 1} "
+                             f"tokens, but {data_dir / (name + '.bin')} holds {len(data):,}; "
+                             "lower --block-size")
+
+
 def _run(args, data_dir, out_dir, device, ddp, say):
     """Build (or restore the size of) the model and train it; the out-dir is locked."""
+    if (out_dir / "last.pt").is_dir():  # neither a run to resume nor a free place for one
+        raise IsADirectoryError(f"{out_dir / 'last.pt'} is a folder, not a checkpoint: move or "
+                                "rename it, or choose another --out-dir")
     if args.resume:
         cfg = _resume_settings(args, args.given, out_dir / "last.pt")
         checks.check_window(args.block_size, cfg["context_length"], "--block-size")
@@ -267,6 +290,7 @@ def _run(args, data_dir, out_dir, device, ddp, say):
     _check_vocabulary(data_dir, cfg["vocab_size"])
     train_data = load_tokens(data_dir / "train.bin")
     val_data = load_tokens(data_dir / "val.bin")
+    _check_windows_fit(args, data_dir, {"train": train_data, "val": val_data})
 
     if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -286,7 +310,8 @@ def _run(args, data_dir, out_dir, device, ddp, say):
 
 if __name__ == "__main__":
     try:
-        main()
+        with stdout_may_close():  # `python -m shared.train_tinystories ... | head`
+            main()
     # The user's mistakes and the machine's state: the message, no traceback. Anything else
     # (a bug, CUDA out of memory) keeps its traceback.
     except (ValueError, OSError, FolderInUse, CheckpointError) as err:

@@ -341,6 +341,9 @@ def _resume(run: Run) -> dict:
     Returns the training configuration last.pt was written with.
     """
     last_path = run.out_dir / "last.pt"
+    if last_path.is_dir():  # "no run to resume" would send the user back to a fresh run into it
+        raise IsADirectoryError(f"{last_path} is a folder, not a checkpoint: move or rename it, "
+                                "or use another out_dir")
     if not last_path.is_file():
         raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {run.out_dir}; "
                                 "start without resume")

@@ -308,3 +308,63 @@ def test_cli_damaged_checkpoint_is_one_line_but_a_bug_keeps_its_traceback(data_d
                                       str(tmp_path / "fresh"), "--max-iters", "2", *TINY])
     with pytest.raises(RuntimeError, match="a bug deep inside training"):  # not SystemExit
         runpy.run_module("shared.train_tinystories", run_name="__main__")
+
+
+# --- every failure is one line (issue 23, class 6): the command line, in a real process ------------
+
+def run_cli(args, env_changes=None, drop=()):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_changes or {})}
+    for name in drop:
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "shared.train_tinystories", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line(result, status, *words):
+    assert result.returncode == status, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith(("error:", "usage:")) or \
+        "error:" in lines[-1], result.stderr[-2000:]
+    assert all(word in lines[-1] for word in words), lines[-1]
+
+
+def test_rank_and_world_size_without_local_rank_is_one_line(data_dir, tmp_path):
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY],
+                     {"RANK": "0", "WORLD_SIZE": "1"}, drop=("LOCAL_RANK",))
+    assert_one_line(result, 1, "LOCAL_RANK", "torchrun")
+
+
+@pytest.mark.parametrize("seed", [str(2 ** 64), str(2 ** 63), "-1"])
+def test_a_seed_beyond_what_torch_takes_is_one_usage_line(data_dir, tmp_path, seed):
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY,
+                      "--seed", seed])
+    assert_one_line(result, 2, "--seed", seed)
+
+
+def test_a_block_size_larger_than_the_data_is_refused_before_the_model_is_built(data_dir, tmp_path):
+    """10**15 positions: RoPE's tables alone would be petabytes; the data holds far fewer tokens."""
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY,
+                      "--block-size", str(10 ** 15)])
+    assert_one_line(result, 1, "--block-size", "train.bin")
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_folder_named_last_pt_gets_advice_that_does_not_go_in_circles(data_dir, tmp_path, resume):
+    """Without --resume the old message said "pass --resume"; with it, "run without --resume"."""
+    out = tmp_path / "run"
+    (out / "last.pt").mkdir(parents=True)
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(out), *TINY, *resume])
+    assert_one_line(result, 1, "last.pt", "is a folder")
+    assert "-resume" not in result.stderr.strip().splitlines()[-1]
+    assert (out / "last.pt").is_dir()
+
+
+def test_output_piped_into_head_stops_quietly(data_dir, tmp_path):
+    cmd = (f"{sys.executable} -m shared.train_tinystories --data-dir {data_dir} --out-dir "
+           f"{tmp_path / 'o'} {' '.join(TINY)} --max-iters 4 --eval-interval 2 | head -n 1")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=REPO, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert result.stdout.startswith("model: ") and result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141)

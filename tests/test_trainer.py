@@ -410,3 +410,12 @@ def test_a_run_that_stopped_early_continues_with_a_larger_budget(verdict_bins, t
                     resume=True, progress=False, log=lambda s: None)
     assert history["iters"][-1] > stop and len(history["step_losses"]) == history["iters"][-1]
     assert torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["iter_num"] > stop
+
+
+def test_a_folder_named_last_pt_is_named_as_a_folder_on_resume(verdict_bins, tmp_path):
+    """"No run to resume, start without resume" would send the user into the same folder again."""
+    train_bin, val_bin, vocab = verdict_bins
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="last.pt is a folder"):
+        train(tiny_model(vocab), train_bin, val_bin, tiny_config(), tmp_path, resume=True,
+              progress=False)
