@@ -53,7 +53,13 @@ def parse_args(argv=None):
     p.add_argument("--in-process", action="store_true",
                    help="run the benchmarks in this process instead of a fresh one each (starts "
                         "faster; bench_data's memory numbers then include what the others left)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if "data" in args.only:  # it runs last: find out now, not after minutes of the others' work
+        from benchmarks import bench_data
+        missing = bench_data.missing_sample(bench_data.SAMPLE_DIR)
+        if missing:
+            p.error(missing.replace("pass --sample-dir with both sample files, or ", ""))
+    return args
 
 
 def run_in_fresh_process(name: str, bench_argv: list):

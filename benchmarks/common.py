@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from shared.cli import at_least
+from shared.cli import at_least, seed
 from shared.device import device_disagreement, get_device
 from shared.model import GPT_CONFIG_124M
 
@@ -39,7 +39,7 @@ def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="torch.set_num_threads for every variant (default: all cores)")
     parser.add_argument("--repeats", type=at_least(int, 1), default=None,
                         help="timed runs per variant; the median is reported")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=seed, default=123)
     return parser
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
+from shared import checks
 from shared.files import atomic_path
+from shared.tokenizer import GPT2_VOCAB_SIZE
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +33,7 @@ def save_checkpoint(path, model, optimizer=None, **extra):
         _check_plain(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model_state_dict": unwrap_model(model).state_dict(), "extra": extra}
+    payload.update(_what_it_is(model, optimizer))  # what load_checkpoint compares before loading
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
         payload["optimizer_type"] = type(optimizer).__name__
@@ -103,13 +106,15 @@ def read_checkpoint(path, map_location=None) -> dict:
     return payload
 
 
-def load_checkpoint(path, model, optimizer=None, map_location=None, required=()):
+def load_checkpoint(path, model, optimizer=None, map_location=None, required=(), check=None):
     """Restore model (and optimizer) state from `path`; returns the extra fields as a dict.
 
-    The file is read by read_checkpoint (no code is unpickled). Loading is all or nothing: the
-    file is checked against the model (and optimizer) first, and must hold the extra fields named
-    in `required`, so a checkpoint of another model configuration (or another writer) raises and
-    leaves both untouched.
+    The file is read by read_checkpoint (no code is unpickled). Loading is all or nothing: first
+    the file must hold the extra fields named in `required` and pass `check(extra)` (a function
+    that raises to refuse them), the model configuration it records must be the model's (the
+    number of heads, a tied head, RoPE... which shapes alone do not tell), its tensors must have
+    the model's names and shapes, and its optimizer state must be for the same parameters in the
+    same order; only then is anything copied. A refused file leaves model and optimizer untouched.
     """
     payload = read_checkpoint(path, map_location)
     extra = payload.get("extra", {})
@@ -117,10 +122,14 @@ def load_checkpoint(path, model, optimizer=None, map_location=None, required=())
     if missing:
         raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was not written by the "
                               "code that needs them (shared.trainer.train writes them for resume)")
+    if check is not None:
+        check(extra)
     model = unwrap_model(model)
+    recorded = payload.get("model_config", extra.get("model_config") if isinstance(extra, dict) else None)
+    _check_config(path, recorded, getattr(model, "cfg", None))
     _check_matches(path, payload["model_state_dict"], model.state_dict())
     if optimizer is not None:
-        _check_optimizer(path, payload, optimizer)
+        _check_optimizer(path, payload, optimizer, model)
     model.load_state_dict(payload["model_state_dict"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer_state_dict"])
@@ -144,7 +153,7 @@ def _check_matches(path, saved, expected):
                                   f"shape {tuple(saved[name].shape)} there, {tuple(tensor.shape)} here")
 
 
-def _check_optimizer(path, payload, optimizer):
+def _check_optimizer(path, payload, optimizer, model):
     if "optimizer_state_dict" not in payload:
         raise CheckpointError(f"{path} holds no optimizer state; load it without an optimizer")
     saved_type = payload.get("optimizer_type")
@@ -156,3 +165,83 @@ def _check_optimizer(path, payload, optimizer):
     if sizes != [len(g["params"]) for g in optimizer.param_groups]:
         raise CheckpointError(f"{path} holds optimizer state for parameter groups of sizes {sizes}, "
                               "which do not match this optimizer's")
+    here = _optimizer_params(model, optimizer)
+    saved = payload.get("optimizer_params") or _shapes_from_state(payload["optimizer_state_dict"], here)
+    for g, (saved_group, group) in enumerate(zip(saved, here)):
+        for i, (was, now) in enumerate(zip(saved_group, group)):
+            # a file without names (older) is compared by shapes; one name unknown ("?"): shapes
+            if list(was[1]) != list(now[1]) or "?" not in (was[0], now[0]) and was[0] != now[0]:
+                raise CheckpointError(
+                    f"{path} holds optimizer state for {was[0]} {tuple(was[1])} as parameter {i} of "
+                    f"group {g}, where this optimizer has {now[0]} {tuple(now[1])}: build the "
+                    "optimizer with the same parameters in the same order (e.g. "
+                    "shared.trainer.configure_optimizer)")
+
+
+# What a model's computation depends on, with GPTModel's defaults for the keys an older config
+# lacks. drop_rate and init are left out: dropout is a training choice, and the load overwrites
+# the initial weights.
+_ARCHITECTURE_DEFAULTS = {"norm": "layernorm", "pos_encoding": "learned", "rope_theta": 10000.0,
+                          "tie_weights": False}
+
+
+def _architecture(cfg: dict) -> dict:
+    arch = {key: cfg[key] for key in checks.SIZE_KEYS + ("qkv_bias",) if key in cfg}
+    arch.update({key: cfg.get(key, default) for key, default in _ARCHITECTURE_DEFAULTS.items()})
+    arch["tokenizer_vocab_size"] = cfg.get("tokenizer_vocab_size",
+                                           min(cfg.get("vocab_size", 0), GPT2_VOCAB_SIZE))
+    if arch["pos_encoding"] != "rope":
+        del arch["rope_theta"]  # unused by learned positions
+    return arch
+
+
+def _check_config(path, recorded, here):
+    """The configuration the file records is the model's, or CheckpointError naming the key."""
+    if not isinstance(here, dict) or recorded is None:
+        return  # not a GPTModel, or a file that records none: the shapes are all there is
+    missing = [key for key in checks.REQUIRED_KEYS if not isinstance(recorded, dict) or key not in recorded]
+    if missing:
+        raise CheckpointError(f"{path} records a model_config without {missing}: the file is damaged "
+                              "or was edited; save it again from the model")
+    saved, mine = _architecture(recorded), _architecture(here)
+    for key, value in mine.items():
+        if saved.get(key) != value:
+            raise CheckpointError(f"{path} was saved from a model with {key} = {saved.get(key)!r}, "
+                                  f"this model has {value!r}: build it with the config the file "
+                                  "records (its 'model_config')")
+
+
+def _what_it_is(model, optimizer) -> dict:
+    """The model's configuration and the optimizer's parameters, as plain values for the file."""
+    found = {}
+    cfg = getattr(unwrap_model(model), "cfg", None)
+    if isinstance(cfg, dict):
+        try:
+            _check_plain(cfg, "model_config")
+            found["model_config"] = dict(cfg)
+        except TypeError:  # e.g. a numpy float in a hand-made config: shapes are compared instead
+            pass
+    if optimizer is not None:
+        found["optimizer_params"] = _optimizer_params(model, optimizer)
+    return found
+
+
+def _optimizer_params(model, optimizer) -> list:
+    """[[name, shape] of each parameter] per group, in the optimizer's order ('?': not the model's)."""
+    names = {id(p): name for name, p in unwrap_model(model).named_parameters()}
+    return [[[names.get(id(p), "?"), list(p.shape)] for p in group["params"]]
+            for group in optimizer.param_groups]
+
+
+def _shapes_from_state(state_dict, here) -> list:
+    """For a file without optimizer_params: the shapes of its moments (exp_avg ...) per parameter."""
+    state, index, groups = state_dict.get("state", {}), 0, []
+    for group in here:
+        saved = []
+        for name, shape in group:
+            moments = [v for v in state.get(index, {}).values()
+                       if isinstance(v, torch.Tensor) and v.dim() > 0]
+            saved.append(["?", list(moments[0].shape) if moments else shape])
+            index += 1
+        groups.append(saved)
+    return groups

@@ -10,8 +10,10 @@ import math
 import numbers
 import os
 
+import numpy as np
 import torch
 
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes 64 bits; the trainer adds ranks and restarts to it
 SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers")
 REQUIRED_KEYS = SIZE_KEYS + ("drop_rate", "qkv_bias")  # the keys of GPT_CONFIG_124M
 
@@ -37,6 +39,9 @@ def check_model_config(cfg: dict) -> None:
         raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
     if cfg.get("pos_encoding") == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
         raise ValueError("RoPE rotates pairs of features: emb_dim / num_heads must be even")
+    for key in ("qkv_bias", "tie_weights"):  # "False" from a hand-written file is true to Python
+        if key in cfg and not isinstance(cfg[key], (bool, np.bool_)):
+            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
 
 
 def check_token_ids(idx, vocab_size=None, name="idx"):
@@ -69,8 +74,14 @@ def check_window(size, context_length, name="context_size"):
                          "use at most model.context_length")
 
 
+# Below this, logits / temperature can overflow float32 (a logit of 1000 / 1e-36 is inf) and the
+# softmax gives NaN probabilities; at 1e-6 a logit would have to exceed 3e32. Such a temperature
+# samples the likeliest token anyway: that is temperature 0.
+MIN_TEMPERATURE = 1e-6
+
+
 def check_sampling(temperature, top_k):
-    """temperature: finite and >= 0 (0 is greedy); top_k: None or a whole number >= 1."""
+    """temperature: 0 (greedy) or finite and >= MIN_TEMPERATURE; top_k: None or a whole number >= 1."""
     if not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a number (0 for greedy), got {temperature!r}")
     if math.isnan(temperature):
@@ -80,6 +91,10 @@ def check_sampling(temperature, top_k):
                          "100 already samples almost uniformly")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature {temperature} is so small that the logits divided by it can "
+                         f"overflow; use 0 for greedy decoding (what it amounts to) or at least "
+                         f"{MIN_TEMPERATURE:g}")
     if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool)
                               or top_k <= 0):
         raise ValueError(f"top_k must be a positive whole number of tokens (or None for no limit), "
@@ -106,6 +121,9 @@ def check_train_config(cfg) -> None:
         _whole(cfg, name, 1)
     for name in ("warmup_iters", "patience", "seed"):
         _whole(cfg, name, 0)
+    if cfg.seed > MAX_SEED:
+        raise ValueError(f"TrainConfig.seed must be at most 2**63 - 1, got {cfg.seed}: torch takes "
+                         "64-bit seeds and each process and restart adds to it")
     if cfg.lr_decay_iters is not None:
         _whole(cfg, "lr_decay_iters", 1)
     for name in ("weight_decay", "grad_clip", "min_lr"):
@@ -138,7 +156,9 @@ def check_generate_args(model, idx, max_new_tokens, context_size, temperature, t
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
     check_window(context_size, getattr(core, "context_length", None))
     check_sampling(temperature, top_k)
-    check_eos(eos_id, getattr(core, "tokenizer_vocab_size", None))
+    # the model samples below both its rows and its tokenizer's ids (generate masks the rest)
+    sizes = [getattr(core, "tokenizer_vocab_size", None), getattr(core, "cfg", {}).get("vocab_size")]
+    check_eos(eos_id, min((n for n in sizes if n), default=None))
 
 
 def check_decodable(ids, n_vocab):
@@ -194,8 +214,6 @@ def check_token_array(data, vocab_size=None, name="the token array"):
     The largest id is read from meta.json when the array is a token file that prepare_tinystories
     wrote (reading a whole memmap would pull the file into memory); otherwise it is computed.
     """
-    import numpy as np
-
     if np.ndim(data) != 1:
         raise ValueError(f"{name} must be a 1-D array of token ids (one stream, as load_tokens "
                          f"returns), got shape {np.shape(data)}; flatten it with .reshape(-1)")

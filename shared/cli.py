@@ -4,8 +4,10 @@ argparse calls each type with the flag's text; an ArgumentTypeError becomes
 "error: argument --lr: must be a finite number > 0, got 'inf'" and exit status 2.
 """
 import argparse
+import contextlib
 import math
 import os
+import sys
 from pathlib import Path
 
 
@@ -36,6 +38,29 @@ positive_int = at_least(int, 1)
 non_negative_int = at_least(int, 0)
 positive_float = at_least(float, 0, strict=True)
 non_negative_float = at_least(float, 0)
+
+
+def seed(text):
+    """A random seed torch takes, with room for the ranks and restarts the trainer adds: 0 .. 2**63 - 1."""
+    value = _number(text, int)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def stdout_may_close():
+    """`command | head`: when the reader of stdout goes away, stop quietly as Unix tools do
+    (exit status 141, what a shell shows for a tool ended by SIGPIPE) instead of a traceback.
+    Use it around code that writes to stdout but sends nothing over sockets: a BrokenPipeError
+    from a socket would end the command quietly too."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would fail once more: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141) from None
 
 
 def probability(text):

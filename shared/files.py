@@ -2,10 +2,10 @@
 import contextlib
 import os
 import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
-
-import psutil
 
 
 @contextlib.contextmanager
@@ -57,58 +57,120 @@ class FolderInUse(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
+# Locks this process holds: {lock file: (process id, depth)}. train_tinystories holds its out-dir
+# and then calls trainer.train, which takes the same folder's lock: the same writer, so it nests.
+# The process id tells a forked child (which inherits the dict, not the right to write) apart.
+_held = {}
+
+
 @contextlib.contextmanager
 def exclusive_folder(folder, lock_name=".lock"):
     """Hold `folder`/.lock for the block, so two runs never write into one folder at once.
 
-    The lock file holds the owner's process id and host. A second process refuses with
-    FolderInUse naming the holder; a lock whose process has died (killed, crashed) is taken over.
-    The file is created with O_EXCL, so two processes that start together cannot both win.
+    The lock is the kernel's (flock on Linux and macOS, msvcrt.locking on Windows), taken without
+    waiting: a second process gets FolderInUse at once, and the operating system releases the lock
+    when its holder ends in any way (finished, crashed, SIGKILL), so a lock file left behind, one
+    naming another host or a process id that was reused, never blocks anyone. Only after the lock
+    is held does the holder write its process id, host and command into the file, which is what
+    FolderInUse quotes. The same process may take the same folder again inside the block (nested).
     A folder this call created is removed again if it is still empty at the end.
     """
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / lock_name
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):  # the second try follows the removal of a dead owner's lock
+    key = os.path.realpath(lock)
+    pid, depth = _held.get(key, (None, 0))
+    if pid == os.getpid():  # this process holds it already: nested, e.g. train() inside a CLI run
+        _held[key] = (pid, depth + 1)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _live_owner(lock)
-            if owner:
-                raise FolderInUse(f"{folder} is in use by process {owner}; wait for it to "
-                                  f"finish, stop it, or use another folder") from None
-            lock.unlink(missing_ok=True)  # its process is gone: take the folder over
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
-    else:
-        raise FolderInUse(f"could not take {lock}: another process keeps creating it")
+            yield folder
+        finally:
+            _held[key] = (pid, depth)
+        return
+    fd = _take(lock, folder)
+    _held[key] = (os.getpid(), 1)
     try:
         yield folder
     finally:
-        with contextlib.suppress(OSError):
-            if lock.read_text() == me:
-                lock.unlink()
-            if created:  # a run that failed before writing anything leaves no empty folder
+        _held.pop(key, None)
+        _release(lock, fd)
+        if created:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
                 folder.rmdir()
 
 
-def _live_owner(lock):
-    """'PID (command) on HOST' of the lock's process if it still runs, else None."""
+def _take(lock, folder):
+    """An open descriptor of `lock` that holds the kernel's lock on it, or FolderInUse."""
+    for _ in range(100):  # more than one turn only when a holder removed the file meanwhile
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_now(fd)
+        except OSError:
+            os.close(fd)
+            raise FolderInUse(f"{folder} is in use by {_holder(lock)}; wait for it to finish or "
+                              "stop it, or use another folder (the operating system frees the "
+                              "lock when its holder ends: there is no file to delete)") from None
+        # The holder before us deletes the file before it unlocks: a lock on a deleted file
+        # is worth nothing, so it must be the file the name points to now.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            _write_holder(fd)
+            return fd
+        os.close(fd)
+    raise FolderInUse(f"could not take {lock}: other processes keep replacing it")
+
+
+def _release(lock, fd):
+    if os.name == "posix":  # delete, then unlock: a waiter that locked the old file sees it is gone
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+    else:  # Windows cannot delete an open file; once closed, deleting fails while others have it open
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+_WINDOWS_LOCK_OFFSET = 1 << 30  # Windows locks bytes: one far past the holder's text, which stays readable
+
+
+def _lock_now(fd):
+    """The kernel's exclusive lock on the open file, or OSError (BlockingIOError) at once."""
     try:
-        pid_text, _, host = lock.read_text().partition(" ")
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return None  # unreadable or half-written: treat as stale
-    if host and host != socket.gethostname():
-        return f"{pid} on {host}"  # cannot check another machine: assume it is alive
-    if not psutil.pid_exists(pid) or pid == os.getpid():
-        return None
-    try:
-        name = " ".join(psutil.Process(pid).cmdline()[:4]) or psutil.Process(pid).name()
-    except psutil.Error:
-        name = "?"
-    return f"{pid} ({name})"
+        import fcntl
+    except ImportError:  # Windows: a byte-range lock, also released when its process ends
+        import msvcrt
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _write_holder(fd):
+    """'PID HOST COMMAND': for the message a second process prints, and for a person reading it."""
+    command = " ".join(sys.argv) or "python"
+    text = f"{os.getpid()} {socket.gethostname()} {command[:200]}\n".encode()
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, text)
+
+
+def _holder(lock):
+    """'process PID (COMMAND) on HOST', as the holder wrote it into the lock file."""
+    text = ""
+    for _ in range(20):  # the holder writes its name just after it took the lock
+        with contextlib.suppress(OSError):
+            text = Path(lock).read_text(errors="replace").strip()
+        if text:
+            break
+        time.sleep(0.01)
+    pid, _, rest = text.partition(" ")
+    host, _, command = rest.partition(" ")
+    if not pid.isdigit():
+        return f"another process (it has not written its name into {lock} yet)"
+    where = "" if host == socket.gethostname() else f" on {host}"
+    return f"process {pid} ({command or '?'}){where}"

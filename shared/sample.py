@@ -14,8 +14,8 @@ import torch
 
 from shared.device import get_device
 from shared.download import DownloadError
-from shared.checks import check_token_ids
-from shared.cli import non_negative_float, non_negative_int, positive_int
+from shared.checks import check_sampling, check_token_ids
+from shared.cli import non_negative_float, non_negative_int, positive_int, seed, stdout_may_close
 from shared.generate import generate_stream
 from shared.gpt2 import GPT2_SIZES, GPT2_SOURCES, CorruptCheckpointError, load_pretrained_gpt2
 from shared.tokenizer import EOT_ID, get_tokenizer, text_to_token_ids
@@ -49,7 +49,7 @@ def parse_args(argv=None):
                         help="0 means greedy")
     parser.add_argument("--top-k", type=positive_int, default=None,
                         help="sample among the k likeliest tokens only")
-    parser.add_argument("--seed", type=int, default=None, help="fix the random choices")
+    parser.add_argument("--seed", type=seed, default=None, help="fix the random choices")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or mps (default: the fastest available)")
     parser.add_argument("--eos", action="store_true", help="stop at <|endoftext|>")
@@ -58,6 +58,7 @@ def parse_args(argv=None):
     args.prompt_ids = text_to_token_ids(args.prompt, tokenizer)
     try:  # fail before the (slow) model load, with the library's own messages
         check_token_ids(args.prompt_ids, name="the prompt")
+        check_sampling(args.temperature, args.top_k)
     except ValueError as err:
         parser.error(str(err))
     return args, tokenizer
@@ -74,14 +75,15 @@ def main(argv=None) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed)
 
-    print(args.prompt, end="", flush=True)
     tokens = generate_stream(model, args.prompt_ids.to(device), args.max_new_tokens,
                              context_size=settings["n_ctx"], temperature=args.temperature,
                              top_k=args.top_k, eos_id=EOT_ID if args.eos else None,
                              use_cache=True)
-    for piece in decode_stream((t.item() for t in tokens), tokenizer):
-        print(piece, end="", flush=True)
-    print(flush=True)
+    with stdout_may_close():  # `python -m shared.sample ... | head`
+        print(args.prompt, end="", flush=True)
+        for piece in decode_stream((t.item() for t in tokens), tokenizer):
+            print(piece, end="", flush=True)
+        print(flush=True)
     return 0
 
 

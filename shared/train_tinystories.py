@@ -12,8 +12,13 @@ With the defaults one step sees 32 x 512 = 16,384 tokens, and 20000 steps ~330M 
 
 Every --eval-interval steps the run writes out_dir/best.pt (lowest val loss) and out_dir/last.pt;
 --resume continues from last.pt with the same batches and dropout masks it would have drawn. On
---resume the model size comes from last.pt, and the other flags apply (raise --max-iters to train
-longer; keep --lr-decay-iters fixed when you do, or the schedule changes under the run).
+--resume the model comes from last.pt (a size flag with another value is refused), a training flag
+left out keeps last.pt's value, and one given applies from the next step and is recorded in
+last.pt: --max-iters, the schedule (--lr, --min-lr, --warmup-iters, --lr-decay-iters),
+--weight-decay, --grad-clip, --eval-interval, --patience, --dropout. --batch-size, --block-size,
+--grad-accum, --seed and --eval-iters cannot change within a run and are refused. Raise
+--max-iters to train longer (keep --lr-decay-iters fixed, or the schedule changes under the run);
+a run that stopped early continues when --max-iters or --patience is raised.
 
 More GPUs, same script:
 
@@ -35,7 +40,7 @@ import torch.distributed as dist
 from shared import checks
 from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
-                        probability, writable_dir)
+                        probability, seed, stdout_may_close, writable_dir)
 from shared.token_files import load_tokens, read_meta
 from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out-dir", required=True, type=writable_dir, help="folder for best.pt and last.pt")
     io.add_argument("--resume", action="store_true", help="continue the run saved in out-dir/last.pt")
 
-    m = p.add_argument_group("model (ignored on --resume: the size comes from last.pt)")
+    m = p.add_argument_group("model (on --resume: from last.pt; another size is refused)")
     m.add_argument("--emb-dim", type=positive_int, default=384)
     m.add_argument("--num-layers", type=positive_int, default=6)
     m.add_argument("--num-heads", type=positive_int, default=6)
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-iters", type=positive_int, default=100, help="batches per split and evaluation")
     t.add_argument("--patience", type=non_negative_int, default=5,
                    help="stop after this many evaluations without a better val loss; 0: never")
-    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--seed", type=seed, default=1337)
 
     s = p.add_argument_group("system")
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -135,15 +140,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _saved_model_config(last_path: Path) -> dict:
+# --resume: the flags given on the command line either apply or are refused, never ignored.
+# The model comes from last.pt: a size flag given with another value is refused (--dropout
+# applies). A training flag left out takes last.pt's value; one given applies from the next step,
+# or shared.trainer refuses it (FIXED_ON_RESUME: batch, block size, accumulation, seed, eval-iters).
+MODEL_FLAGS = {"emb_dim": "emb_dim", "num_layers": "num_layers", "num_heads": "num_heads",
+               "vocab_size": "vocab_size", "rope_theta": "rope_theta", "tie_weights": "tie_weights"}
+TRAIN_FLAGS = {"max_iters": "max_iters", "batch_size": "batch_size", "block_size": "block_size",
+               "grad_accum": "grad_accum_steps", "lr": "learning_rate", "min_lr": "min_lr",
+               "warmup_iters": "warmup_iters", "lr_decay_iters": "lr_decay_iters",
+               "weight_decay": "weight_decay", "grad_clip": "grad_clip",
+               "eval_interval": "eval_interval", "eval_iters": "eval_iters", "patience": "patience",
+               "seed": "seed"}
+
+
+def given_flags(argv) -> set:
+    """The destinations of the flags on the command line (a default cannot tell them apart)."""
+    parser = build_parser()
+    for action in parser._actions:  # (set_defaults would also run SUPPRESS through each type)
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _saved_run(last_path: Path) -> tuple:
+    """(model_config, train_config) that last.pt records."""
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: {last_path} not found; run without --resume to start "
                                 "training")
     extra = read_checkpoint(last_path, map_location="cpu").get("extra")
-    config = extra.get("model_config") if isinstance(extra, dict) else None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{last_path} holds no model_config, so this script did not write it; "
-                              "delete it to start over, or point --out-dir at the right run")
+    extra = extra if isinstance(extra, dict) else {}
+    config, training = extra.get("model_config"), extra.get("train_config")
+    if not isinstance(config, dict) or not isinstance(training, dict):
+        raise CheckpointError(f"{last_path} holds no model_config and train_config, so this script "
+                              "did not write it; delete it to start over, or point --out-dir at the "
+                              "right run")
+    missing = [key for key in ("context_length", "vocab_size") if key not in config]
+    if missing:
+        raise CheckpointError(f"{last_path} records a model_config without {missing}: it is "
+                              "damaged; resume from a complete last.pt or start a new run")
+    return config, training
+
+
+def _resume_settings(args, given, last_path):
+    """The model config of last.pt (a size flag that differs is refused); the training flags that
+    were left out take last.pt's values, in place in `args`."""
+    config, training = _saved_run(last_path)
+    for dest, key in MODEL_FLAGS.items():
+        if dest in given and getattr(args, dest) != config.get(key):
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} {getattr(args, dest)} on --resume: the run in {last_path} has "
+                             f"{key} {config.get(key)!r}, and a model's shape cannot change within "
+                             f"a run; leave {flag} out, or start a new run in another --out-dir")
+    if "dropout" in given:
+        config = {**config, "drop_rate": args.dropout}
+    for dest, field in TRAIN_FLAGS.items():
+        if dest not in given and field in training:
+            setattr(args, dest, training[field])
     return config
 
 
@@ -160,11 +212,12 @@ def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.given = given_flags(argv)
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
 
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if ddp:
-        local_rank = int(os.environ["LOCAL_RANK"])
+        local_rank = _local_rank()
         # The name only: the device self-check would run on GPU 0 in every process, before each
         # one picks its own GPU (the trainer checks the device it trains on).
         wanted = get_device(args.device, check=False)
@@ -201,10 +254,33 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
+def _local_rank() -> int:
+    """LOCAL_RANK, which torchrun sets with RANK and WORLD_SIZE; one line if it is not there."""
+    values = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if not all(value is not None and value.strip().isdigit() for value in values.values()):
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        raise ValueError(f"RANK and WORLD_SIZE are set but not with a LOCAL_RANK ({shown}): start "
+                         "several processes with torchrun, which sets all three, or unset RANK and "
+                         "WORLD_SIZE to train in one process")
+    return int(values["LOCAL_RANK"])
+
+
+def _check_windows_fit(args, data_dir, splits):
+    """Before the model is built: its position tables grow with --block-size, the data does not."""
+    for name, data in splits.items():
+        if len(data) < args.block_size + 1:
+            raise ValueError(f"--block-size {args.block_size} needs windows of {args.block_size + 1} "
+                             f"tokens, but {data_dir / (name + '.bin')} holds {len(data):,}; "
+                             "lower --block-size")
+
+
 def _run(args, data_dir, out_dir, device, ddp, say):
     """Build (or restore the size of) the model and train it; the out-dir is locked."""
+    if (out_dir / "last.pt").is_dir():  # neither a run to resume nor a free place for one
+        raise IsADirectoryError(f"{out_dir / 'last.pt'} is a folder, not a checkpoint: move or "
+                                "rename it, or choose another --out-dir")
     if args.resume:
-        cfg = _saved_model_config(out_dir / "last.pt")
+        cfg = _resume_settings(args, args.given, out_dir / "last.pt")
         checks.check_window(args.block_size, cfg["context_length"], "--block-size")
     else:
         if (out_dir / "last.pt").exists():
@@ -214,6 +290,7 @@ def _run(args, data_dir, out_dir, device, ddp, say):
     _check_vocabulary(data_dir, cfg["vocab_size"])
     train_data = load_tokens(data_dir / "train.bin")
     val_data = load_tokens(data_dir / "val.bin")
+    _check_windows_fit(args, data_dir, {"train": train_data, "val": val_data})
 
     if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -233,7 +310,8 @@ def _run(args, data_dir, out_dir, device, ddp, say):
 
 if __name__ == "__main__":
     try:
-        main()
+        with stdout_may_close():  # `python -m shared.train_tinystories ... | head`
+            main()
     # The user's mistakes and the machine's state: the message, no traceback. Anything else
     # (a bug, CUDA out of memory) keeps its traceback.
     except (ValueError, OSError, FolderInUse, CheckpointError) as err:

@@ -26,7 +26,7 @@ step for step, as if it had never been interrupted.
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared import checks, distributed, speedups
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.data import get_batch
+from shared.files import exclusive_folder
 from shared.token_files import load_tokens
 from shared.device import get_device
 
@@ -300,15 +301,61 @@ def _check_data(model, splits, cfg):
                          "dataset (it was rebuilt while they were loaded): load both again")
 
 
-def _resume(run: Run):
-    """Load out_dir/last.pt into the run: weights, optimizer, progress and random streams."""
+# On resume each TrainConfig field either applies from the next step on or is refused. These are
+# refused, with why: what a step sees and which batches a run and its evaluations draw are what the
+# restored random streams, the history's tokens_seen and the best-val-loss comparisons rely on.
+# Everything else applies: the schedule (learning_rate, min_lr, warmup_iters, lr_decay_iters),
+# max_iters, weight_decay, beta1, beta2, grad_clip, eval_interval, patience, device, amp, compile.
+FIXED_ON_RESUME = {
+    "batch_size": "the tokens per step are part of the run (its history counts tokens_seen)",
+    "block_size": "the tokens per step are part of the run (its history counts tokens_seen)",
+    "grad_accum_steps": "the tokens per step are part of the run (its history counts tokens_seen)",
+    "seed": "the random streams come from last.pt and the evaluations' batches from the seed",
+    "eval_iters": "the best val loss so far was measured on that many batches",
+}
+RESUME_FIELDS = ("iter_num", "bad_evals", "history", "rng", "train_config")
+
+
+def _check_resumable(path, extra, cfg):
+    """Before anything loads: last.pt holds all a resume restores, and cfg changes only what may."""
+    saved, history, rng = extra["train_config"], extra["history"], extra["rng"]
+    lacking = [f"train_config[{f.name!r}]" for f in fields(TrainConfig)
+               if not isinstance(saved, dict) or f.name not in saved]
+    lacking += [f"history[{key!r}]" for key in _new_history()
+                if not isinstance(history, dict) or key not in history]
+    lacking += [name for name in ("iter_num", "bad_evals") if type(extra[name]) is not int]
+    if not (isinstance(rng, list) and rng and all(
+            isinstance(r, dict) and all(isinstance(r.get(k), torch.Tensor) for k in ("torch", "batches"))
+            for r in rng)):
+        lacking.append("rng (each process's 'torch' and 'batches' random states)")
+    if lacking:
+        raise CheckpointError(f"{path} lacks {', '.join(lacking[:3])}: it is damaged or was "
+                              "written by other code; resume from a complete last.pt, or start a "
+                              "new run in another out_dir")
+    for name, why in FIXED_ON_RESUME.items():
+        if saved[name] != getattr(cfg, name):
+            raise ValueError(f"cannot resume with {name} = {getattr(cfg, name)!r}: the run in "
+                             f"{path.parent} has {saved[name]!r}, and {why}; resume with "
+                             f"{saved[name]!r}, or start a new run in another out_dir")
+
+
+def _resume(run: Run) -> dict:
+    """Load out_dir/last.pt into the run: weights, optimizer, progress and random streams.
+
+    Returns the training configuration last.pt was written with.
+    """
     last_path = run.out_dir / "last.pt"
+    if last_path.is_dir():  # "no run to resume" would send the user back to a fresh run into it
+        raise IsADirectoryError(f"{last_path} is a folder, not a checkpoint: move or rename it, "
+                                "or use another out_dir")
     if not last_path.is_file():
         raise FileNotFoundError(f"{last_path} not found: there is no run to resume in {run.out_dir}; "
                                 "start without resume")
     state = load_checkpoint(last_path, run.raw_model, run.optimizer, map_location=run.device,
-                            required=("iter_num", "bad_evals", "history", "rng"))
+                            required=RESUME_FIELDS,
+                            check=lambda extra: _check_resumable(last_path, extra, run.cfg))
     run.iter_num, run.bad_evals, run.history = state["iter_num"], state["bad_evals"], state["history"]
+    _apply_settings(run, state["train_config"])
     rng, procs = state["rng"], run.procs
     if len(rng) == procs.world_size:
         _set_rng_state(rng[procs.rank], run.generator, run.device)
@@ -320,14 +367,36 @@ def _resume(run: Run):
         run.generator.manual_seed(seed)
     run.say(f"resuming from {last_path} at iter {run.iter_num} "
             f"(best val loss {run.history['best_val_loss']:.4f})")
+    return state["train_config"]
 
 
-def _nothing_left(run: Run) -> bool:
+def _apply_settings(run: Run, saved: dict):
+    """The run's settings, not last.pt's: optimizer.load_state_dict restored the saved weight
+    decay and betas into the parameter groups (the learning rate is set at every step)."""
+    cfg = run.cfg
+    run.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # configure_optimizer's decayed group
+    for group in run.optimizer.param_groups:
+        group["betas"] = (cfg.beta1, cfg.beta2)
+    changed = [f"{name} {saved[name]!r} -> {value!r}" for name, value in asdict(cfg).items()
+               if saved[name] != value]
+    if changed:
+        run.say(f"resume: applying {', '.join(changed)}")
+
+
+def _nothing_left(run: Run, saved: dict) -> bool:
+    """True when the resumed run has no step to take; a run that stopped early continues when
+    max_iters or patience changed (its count of evaluations without improvement starts again)."""
+    cfg = run.cfg
     if run.history["stopped_early"]:
-        run.say(f"the run stopped early at iter {run.iter_num}; nothing to do")
-        return True
-    if run.iter_num >= run.cfg.max_iters:
-        run.say(f"the run is already at iter {run.iter_num} of max_iters {run.cfg.max_iters}; "
+        if (cfg.max_iters, cfg.patience) == (saved["max_iters"], saved["patience"]):
+            run.say(f"the run stopped early at iter {run.iter_num} (patience {cfg.patience}); nothing "
+                    "to do. To continue it, raise max_iters (--max-iters) or patience (--patience; "
+                    "0 never stops)")
+            return True
+        run.history["stopped_early"], run.bad_evals = False, 0
+        run.say(f"continuing the run that stopped early at iter {run.iter_num}")
+    if run.iter_num >= cfg.max_iters:
+        run.say(f"the run is already at iter {run.iter_num} of max_iters {cfg.max_iters}; "
                 "nothing to do (raise max_iters to train longer)")
         return True
     return False
@@ -377,6 +446,11 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
 
     are written. resume=True continues from last.pt. To stop a run before its end on purpose and
     continue it later, set lr_decay_iters to the full length so the schedule does not change.
+    On resume, cfg's schedule, max_iters, weight decay, betas, clipping, eval_interval and patience
+    apply from the next step (last.pt then records them); a changed batch_size, block_size,
+    grad_accum_steps, seed or eval_iters is refused (FIXED_ON_RESUME says why), as is a last.pt
+    of another model configuration or with a field missing, before anything is loaded. A run that
+    stopped early continues when max_iters or patience is changed.
 
     History: "iters", "train_losses", "val_losses", "tokens_seen" hold one entry per evaluation;
     "step_losses", "lrs", "grad_norms" one per optimizer step; plus "best_val_loss", "best_iter",
@@ -386,21 +460,28 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     Under torchrun (torch.distributed initialised by the caller, see shared.train_tinystories)
     the model is wrapped in DistributedDataParallel (shared.distributed): each process draws its
     own batches, and only rank 0 evaluates, logs and writes checkpoints.
+
+    out_dir is locked for the run (rank 0 holds shared.files.exclusive_folder): another run into
+    the same folder while this one lives raises FolderInUse naming this process.
     """
-    run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
-    try:
-        return _train(run, resume)
-    finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
-        if hasattr(model, "tok_emb"):
-            model.tok_emb.sparse = run.sparse_before
+    # One writer per out_dir (shared.files): a second run into it, from another notebook or
+    # command line, is refused instead of swapping best.pt and last.pt with this one's.
+    master = distributed.processes().master
+    with exclusive_folder(out_dir) if master else nullcontext():
+        run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
+        try:
+            return _train(run, resume)
+        finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
+            if hasattr(model, "tok_emb"):
+                model.tok_emb.sparse = run.sparse_before
 
 
 def _train(run: Run, resume: bool):
     """Start or resume, then the loop of steps and evaluations."""
     cfg = run.cfg
     if resume:
-        _resume(run)
-        if _nothing_left(run):
+        saved = _resume(run)
+        if _nothing_left(run, saved):
             return run.history
     else:
         torch.manual_seed(cfg.seed + run.procs.rank)      # dropout

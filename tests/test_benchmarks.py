@@ -241,3 +241,34 @@ def test_gpu_modes_run_on_the_cpu(capsys):
         for r in modes[mode].values():
             assert as_ratio(r["ratio vs HF"]) == pytest.approx(
                 number(r["tokens/s"]) / hf_rate, rel=0.02), (mode, r["model"])
+
+
+# --- missing sample data is one line before any work (issue 23, class 6) -----------------------------
+
+def test_missing_sample_data_stops_the_runner_before_any_benchmark_runs(tmp_path, monkeypatch, capsys):
+    """bench_data runs last: its missing files used to surface after minutes of the others' work."""
+    import benchmarks.bench_data
+
+    monkeypatch.setattr(benchmarks.bench_data, "SAMPLE_DIR", tmp_path / "no-such-folder")
+    monkeypatch.setattr(runner, "run_benchmark", lambda *a: pytest.fail("a benchmark ran"))
+    monkeypatch.setattr(runner, "run_in_fresh_process", lambda *a: pytest.fail("a benchmark ran"))
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--size", "tiny", "--only", "train", "generate", "data", "--in-process"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "tinystories-sample-train.txt" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+
+
+def test_bench_data_without_its_sample_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_data", "--sample-dir",
+                             str(tmp_path / "missing"), "--prep-mb", "0.3", "--memmap-mb", "1"],
+                            cwd=repo, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "tinystories-sample-train.txt" in result.stderr.strip().splitlines()[-1]

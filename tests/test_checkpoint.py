@@ -205,6 +205,10 @@ def test_checkpoint_of_another_config_leaves_model_and_optimizer_untouched(tmp_p
     other = GPTModel(dict(TINY, vocab_size=60))
     other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
     before = snapshot(other, other_opt)
+    with pytest.raises(RuntimeError, match=r"ckpt.pt.*vocab_size = 50.*60"):  # the key, named
+        load_checkpoint(path, other, other_opt)
+    assert_untouched(other, other_opt, before)
+    del other.cfg  # a model that records no config: its shapes still tell
     with pytest.raises(RuntimeError, match=r"ckpt.pt.*another model configuration.*\(50, 16\)"):
         load_checkpoint(path, other, other_opt)
     assert_untouched(other, other_opt, before)
@@ -327,3 +331,62 @@ def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(existing
         if existing:
             assert path.read_bytes() == good_bytes
             assert load_checkpoint(path, torch.nn.Linear(4, 4)) == {"step": 1}
+
+
+# --- what a checkpoint records is compared before anything loads (issue 23, class 5) ----------------
+
+@pytest.mark.parametrize("saved, here, key", [
+    ({"num_heads": 4}, {"num_heads": 2}, "num_heads"),         # the same shapes, other logits
+    ({"tie_weights": True}, {"tie_weights": False}, "tie_weights"),
+    ({"tie_weights": False}, {"tie_weights": True}, "tie_weights"),
+    ({"pos_encoding": "rope", "rope_theta": 500000.0}, {"pos_encoding": "rope"}, "rope_theta"),
+])
+def test_a_model_of_another_configuration_with_the_same_shapes_is_refused(tmp_path, batch, saved,
+                                                                          here, key):
+    torch.manual_seed(0)
+    model = GPTModel(dict(TINY, **saved))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer)
+
+    torch.manual_seed(1)
+    other = GPTModel(dict(TINY, **here))
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    assert {k: v.shape for k, v in other.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}  # shapes alone cannot tell
+    before = snapshot(other, other_opt)
+    with pytest.raises(CheckpointError, match=rf"ckpt.pt.*\b{key}\b"):
+        load_checkpoint(path, other, other_opt)
+    assert_untouched(other, other_opt, before)
+    assert load_checkpoint(path, GPTModel(dict(TINY, **saved, drop_rate=0.5))) == {}  # dropout may differ
+
+
+def _reordered_adamw(model):
+    """Two groups of the usual sizes, the first matrix (the token embedding) moved to the end."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": matrices[1:] + matrices[:1]}, {"params": others}], lr=1e-2)
+
+
+@pytest.mark.parametrize("older_file", [False, True])
+def test_optimizer_state_for_parameters_in_another_order_is_refused(tmp_path, batch, older_file):
+    """Same group sizes, another order: torch would load it and fail (or drift) at the next step."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    optimizer = torch.optim.AdamW([{"params": matrices},
+                                   {"params": [p for p in model.parameters() if p.dim() < 2]}],
+                                  lr=1e-2)
+    train_step(model, optimizer, batch)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, optimizer)
+    if older_file:  # written before the file recorded parameter names: the moments' shapes tell
+        payload = torch.load(path, weights_only=True)
+        del payload["optimizer_params"]
+        torch.save(payload, path)
+
+    restored, _ = make(seed=1)
+    reordered = _reordered_adamw(restored)
+    before = snapshot(restored, reordered)
+    with pytest.raises(CheckpointError, match=r"ckpt.pt.*parameter 0 of group 0"):
+        load_checkpoint(path, restored, reordered)
+    assert_untouched(restored, reordered, before)

@@ -81,3 +81,95 @@ def test_a_failure_before_the_block_leaves_no_temporary(tmp_path, monkeypatch):
         with atomic_path(tmp_path / "data.txt") as tmp:
             tmp.write_text("never reached")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- exclusive_folder: one writer per folder, the kernel's lock (issue 23, class 1) ----------------
+
+import multiprocessing  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from lock_holder import held_by_another_process  # noqa: E402
+from shared.files import FolderInUse, exclusive_folder  # noqa: E402
+
+RACERS, TRIALS = 8, 20
+
+
+def _race(folder, barrier, results):
+    """One racer: in every trial, start with the others and try to take the folder once."""
+    for trial in range(TRIALS):
+        barrier.wait(timeout=60)
+        try:
+            with exclusive_folder(folder):
+                barrier.wait(timeout=60)  # hold it until every racer has tried
+                results.put((trial, "won"))
+        except FolderInUse:
+            barrier.wait(timeout=60)
+            results.put((trial, "refused"))
+        except Exception as err:  # noqa: BLE001 -- reported to the test, which fails on it
+            barrier.wait(timeout=60)
+            results.put((trial, repr(err)))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method")
+def test_of_many_processes_starting_together_exactly_one_wins(tmp_path):
+    """8 processes released by one barrier try to take the same folder, 20 times over."""
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(RACERS), context.Queue()
+    folder = tmp_path / "run"
+    racers = [context.Process(target=_race, args=(folder, barrier, results))
+              for _ in range(RACERS)]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=120) for _ in range(RACERS * TRIALS)]
+    for racer in racers:
+        racer.join(timeout=30)
+    per_trial = {}
+    for trial, outcome in outcomes:
+        per_trial.setdefault(trial, []).append(outcome)
+    assert len(per_trial) == TRIALS
+    for trial, seen in per_trial.items():
+        assert sorted(seen) == ["refused"] * (RACERS - 1) + ["won"], (trial, seen)
+    assert not (folder / ".lock").exists()
+
+
+def test_a_holder_killed_with_sigkill_frees_the_folder_at_once(tmp_path):
+    folder = tmp_path / "run"
+    with held_by_another_process(folder) as holder:
+        with pytest.raises(FolderInUse, match=rf"in use by process {holder.pid} \(.*--holder-of"):
+            with exclusive_folder(folder):
+                pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert str(holder.pid) in (folder / ".lock").read_text()  # the dead holder's file stays
+        start = time.monotonic()
+        with exclusive_folder(folder):  # no waiting, no cleaning up by hand
+            assert (folder / ".lock").read_text().split()[0] == str(os.getpid())
+        assert time.monotonic() - start < 1
+    assert not (folder / ".lock").exists()
+
+
+def test_a_lock_file_naming_a_live_process_or_another_host_does_not_block(tmp_path):
+    """What the file says is only a name: a reused process id or another machine's entry left
+    behind never blocks; only the kernel's lock of a live holder does."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for stale in (f"{os.getppid()} {socket.gethostname()} python train.py",  # alive, not holding
+                  "4242 some-other-host python -m shared.train_tinystories",
+                  "", "garbage"):
+        (folder / ".lock").write_text(stale)
+        with exclusive_folder(folder):
+            pass
+        assert not (folder / ".lock").exists()
+
+
+def test_the_same_process_may_take_its_folder_again_inside_the_block(tmp_path):
+    """train_tinystories holds its out-dir and calls trainer.train, which locks the same folder."""
+    folder = tmp_path / "run"
+    with exclusive_folder(folder):
+        with exclusive_folder(folder):
+            (folder / "last.pt").write_text("x")
+        assert (folder / ".lock").exists()  # the inner block did not release the outer lock
+    assert not (folder / ".lock").exists()

@@ -200,3 +200,23 @@ def test_ids_on_another_device_than_the_model_are_refused_at_the_edge():
     idx = torch.tensor([[1, 2, 3]])
     with pytest.raises(ValueError, match=r"token ids are on cpu but the model is on meta.*idx.to\('meta'\)"):
         generate(model, idx, max_new_tokens=2, context_size=16)
+
+
+# --- values the loop cannot take, refused at the edge (issue 23, class 6) ----------------------------
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 5e-7])
+def test_a_temperature_so_small_that_the_logits_overflow_is_refused(model, temperature):
+    """logits / 1e-40 is inf in float32, and softmax turns it into NaN probabilities; the edge
+    refuses every temperature below a bound that no logit can overflow (0 is greedy)."""
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, torch.tensor([[1, 2]]), 3, context_size=16, temperature=temperature)
+    out = generate(model, torch.tensor([[1, 2]]), 3, context_size=16, temperature=1e-6)
+    assert torch.equal(out, generate(model, torch.tensor([[1, 2]]), 3, context_size=16))
+
+
+def test_an_eos_id_beyond_the_models_vocabulary_is_refused():
+    """A model of 64 rows that says its tokenizer has 50257 ids can never produce id 100."""
+    torch.manual_seed(0)
+    small = GPTModel(dict(TINY, tokenizer_vocab_size=50257))
+    with pytest.raises(ValueError, match=r"eos_id .*\[0, 64\), got 100"):
+        generate(small, torch.tensor([[1, 2]]), 3, context_size=16, eos_id=100)

@@ -270,3 +270,15 @@ def test_forward_and_decoding_read_no_ids_off_the_cpu():
     for use_cache in (False, True):
         out = generate(model, idx, 4, TINY["context_length"], use_cache=use_cache)
         assert out.shape == (2, 9) and out.device.type == "meta"
+
+
+@pytest.mark.parametrize("key", ["qkv_bias", "tie_weights"])
+@pytest.mark.parametrize("value", ["False", "true", None, 2])
+def test_a_switch_that_is_not_a_boolean_is_refused(key, value):
+    """"False" (a string, as from a hand-written config) is true to Python: it would build the
+    model with a bias or a tied head without a word."""
+    cfg = dict(GPT_CONFIG_124M, vocab_size=64, context_length=8, emb_dim=16, num_heads=2,
+               num_layers=1, **{key: value})
+    with pytest.raises(ValueError, match=rf"{key} must be True or False, got {value!r}"):
+        GPTModel(cfg)
+    GPTModel({**cfg, key: False})

@@ -149,3 +149,37 @@ def test_os_errors_are_one_line(tokenizer, tmp_path, capsys):
         main(["--models-dir", str(a_file), "--device", "cpu"])
     message = str(exit_.value.code)
     assert message.startswith("error: ") and "\n" not in message and "not-a-folder" in message
+
+
+# --- every failure is one line (issue 23, class 6): the command line, in a real process ------------
+
+def run_sample(fake, *args, stdout=subprocess.PIPE):
+    env, models, _ = fake
+    cmd = [sys.executable, "-m", "shared.sample", "--gpt2", "124M", "--models-dir", str(models),
+           "--prompt", PROMPT, "--device", "cpu", *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          encoding="utf-8", timeout=120)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--temperature", "1e-40"], "temperature"),    # logits / 1e-40 overflow: NaN probabilities
+    (["--seed", str(2 ** 64)], "seed"),            # beyond what torch.manual_seed takes
+    (["--seed", str(-2 ** 63 - 1)], "seed"),
+])
+def test_command_line_values_the_core_cannot_take_are_one_line(fake, args, flag):
+    run = run_sample(fake, "--max-new-tokens", "5", *args)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and flag in run.stderr.strip().splitlines()[-1]
+
+
+def test_output_piped_into_head_exits_quietly(fake):
+    """`python -m shared.sample ... | head -c 30`: head closes the pipe early; like cat or seq,
+    the command stops without a BrokenPipeError traceback."""
+    env, models, _ = fake
+    cmd = (f"{sys.executable} -m shared.sample --gpt2 124M --models-dir {models} --prompt x "
+           "--device cpu --max-new-tokens 40 --temperature 1 --seed 1 | head -c 1")
+    run = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.stdout == "x"
+    assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, run.stderr
+    assert run.returncode in (0, 141)  # 141: SIGPIPE's status, as `seq 1e9 | head -1` gives

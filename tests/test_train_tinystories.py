@@ -89,10 +89,12 @@ def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
     assert first["val_losses"][-1] < first["val_losses"][0] - 0.5
     assert abs(first["val_losses"][0] - np.log(50304)) < 0.5  # untrained: about ln(vocab)
 
-    # Resume: the size flags are ignored, the model comes from last.pt.
+    # Resume: the model comes from last.pt; a size flag with another value is refused.
+    with pytest.raises(ValueError, match=r"--emb-dim 32 on --resume.*emb_dim 16"):
+        main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "30",
+              "--resume", *TINY, "--emb-dim", "32"])
     resumed = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "30",
-                    "--eval-interval", "10", "--lr-decay-iters", "30", "--resume", *TINY,
-                    "--emb-dim", "32"])
+                    "--eval-interval", "10", "--lr-decay-iters", "30", "--resume", *TINY])
     assert resumed["iters"] == [0, 10, 20, 30]
     assert resumed["val_losses"][:3] == first["val_losses"]
     assert len(resumed["step_losses"]) == 30
@@ -106,6 +108,29 @@ def test_cli_trains_resumes_and_guards_its_inputs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="--vocab-size"):   # ids up to 50256 need 50257 rows
         main(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "small"), *TINY,
               "--vocab-size", "1000"])
+
+
+def test_cli_resume_applies_the_flags_given_and_keeps_last_pts_for_the_rest(data_dir, tmp_path):
+    """--resume --weight-decay 0 trains with 0.0 and records it; a flag left out (--batch-size 3
+    in the first run) keeps last.pt's value instead of the default; one that cannot change is
+    refused before anything is written."""
+    out = tmp_path / "run"
+    tiny = [a for a in TINY]
+    tiny[tiny.index("--batch-size") + 1] = "3"
+    main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2",
+          "--eval-interval", "2", "--weight-decay", "0.3", *tiny])
+    first = (out / "last.pt").read_bytes()
+    resume = ["--data-dir", str(data_dir), "--out-dir", str(out), "--resume", "--no-progress",
+              "--device", "cpu"]  # everything else left out
+    with pytest.raises(ValueError, match=r"cannot resume with batch_size = 5.*has 3"):
+        main([*resume, "--max-iters", "4", "--batch-size", "5"])
+    assert (out / "last.pt").read_bytes() == first
+    history = main([*resume, "--max-iters", "4", "--weight-decay", "0"])
+    assert history["iters"] == [0, 2, 4]
+    saved = torch.load(out / "last.pt", weights_only=True)
+    training = saved["extra"]["train_config"]
+    assert (training["batch_size"], training["eval_interval"], training["weight_decay"]) == (3, 2, 0.0)
+    assert saved["optimizer_state_dict"]["param_groups"][0]["weight_decay"] == 0.0
 
 
 def torchrun(args, timeout=120):
@@ -228,20 +253,17 @@ def test_train_config_refuses_non_finite_values(field, value):
 
 
 def test_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(data_dir, tmp_path):
-    """A live holder of out-dir/.lock is named; a dead one's lock is taken over."""
+    """A live holder of out-dir/.lock is named; once it is killed its lock file is no obstacle."""
+    from lock_holder import held_by_another_process
+
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        out.mkdir()
-        (out / ".lock").write_text(f"{holder.pid} {socket.gethostname()}")
+    with held_by_another_process(out) as holder:
         with pytest.raises(FolderInUse, match=f"in use by process {holder.pid}"):
             main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2", *TINY])
         assert not (out / "last.pt").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    assert (out / ".lock").exists()  # left by the killed holder
     history = main(["--data-dir", str(data_dir), "--out-dir", str(out), "--max-iters", "2",
-                    "--eval-interval", "2", *TINY])  # the holder is dead: its lock is stale
+                    "--eval-interval", "2", *TINY])
     assert history["iters"] == [0, 2] and not (out / ".lock").exists()
 
 
@@ -286,3 +308,63 @@ def test_cli_damaged_checkpoint_is_one_line_but_a_bug_keeps_its_traceback(data_d
                                       str(tmp_path / "fresh"), "--max-iters", "2", *TINY])
     with pytest.raises(RuntimeError, match="a bug deep inside training"):  # not SystemExit
         runpy.run_module("shared.train_tinystories", run_name="__main__")
+
+
+# --- every failure is one line (issue 23, class 6): the command line, in a real process ------------
+
+def run_cli(args, env_changes=None, drop=()):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_changes or {})}
+    for name in drop:
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "shared.train_tinystories", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line(result, status, *words):
+    assert result.returncode == status, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith(("error:", "usage:")) or \
+        "error:" in lines[-1], result.stderr[-2000:]
+    assert all(word in lines[-1] for word in words), lines[-1]
+
+
+def test_rank_and_world_size_without_local_rank_is_one_line(data_dir, tmp_path):
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY],
+                     {"RANK": "0", "WORLD_SIZE": "1"}, drop=("LOCAL_RANK",))
+    assert_one_line(result, 1, "LOCAL_RANK", "torchrun")
+
+
+@pytest.mark.parametrize("seed", [str(2 ** 64), str(2 ** 63), "-1"])
+def test_a_seed_beyond_what_torch_takes_is_one_usage_line(data_dir, tmp_path, seed):
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY,
+                      "--seed", seed])
+    assert_one_line(result, 2, "--seed", seed)
+
+
+def test_a_block_size_larger_than_the_data_is_refused_before_the_model_is_built(data_dir, tmp_path):
+    """10**15 positions: RoPE's tables alone would be petabytes; the data holds far fewer tokens."""
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY,
+                      "--block-size", str(10 ** 15)])
+    assert_one_line(result, 1, "--block-size", "train.bin")
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_folder_named_last_pt_gets_advice_that_does_not_go_in_circles(data_dir, tmp_path, resume):
+    """Without --resume the old message said "pass --resume"; with it, "run without --resume"."""
+    out = tmp_path / "run"
+    (out / "last.pt").mkdir(parents=True)
+    result = run_cli(["--data-dir", str(data_dir), "--out-dir", str(out), *TINY, *resume])
+    assert_one_line(result, 1, "last.pt", "is a folder")
+    assert "-resume" not in result.stderr.strip().splitlines()[-1]
+    assert (out / "last.pt").is_dir()
+
+
+def test_output_piped_into_head_stops_quietly(data_dir, tmp_path):
+    cmd = (f"{sys.executable} -m shared.train_tinystories --data-dir {data_dir} --out-dir "
+           f"{tmp_path / 'o'} {' '.join(TINY)} --max-iters 4 --eval-interval 2 | head -n 1")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=REPO, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert result.stdout.startswith("model: ") and result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141)

@@ -5,6 +5,7 @@ head) is ~1.4K instead of 50K rows: same code paths, a fraction of the CPU time.
 """
 import math
 from contextlib import nullcontext
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -296,3 +297,125 @@ def test_train_leaves_the_models_embedding_as_it_found_it(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.tensor([[1, 2, 3]])).sum().backward()
     optimizer.step()  # AdamW would refuse a sparse gradient
+
+
+# --- one writer per out_dir (issue 23, class 1) -----------------------------------------------------
+
+def test_train_into_a_folder_another_process_holds_is_refused(tmp_path):
+    """Two notebook runs into one folder would swap each other's best.pt and last.pt."""
+    from lock_holder import held_by_another_process
+    from shared.files import FolderInUse
+
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=2, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    data = np.arange(200) % 20
+    out = tmp_path / "run"
+    with held_by_another_process(out) as holder:
+        with pytest.raises(FolderInUse, match=f"in use by process {holder.pid}"):
+            train(model, data, data, cfg, out, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    history = train(model, data, data, cfg, out, progress=False)  # its holder is gone
+    assert history["iters"] == [0, 2]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
+
+
+# --- resumes that do what they say (issue 23, class 5) ------------------------------------------------
+
+def _first_half(verdict_bins, out, **overrides):
+    """4 steps of an 8-step schedule into `out`; returns the config of the whole run."""
+    train_bin, val_bin, vocab = verdict_bins
+    cfg = tiny_config(max_iters=4, eval_interval=4, lr_decay_iters=8, **overrides)
+    train(tiny_model(vocab), train_bin, val_bin, cfg, out, progress=False, log=lambda s: None)
+    return cfg
+
+
+def test_resume_applies_a_changed_weight_decay_and_records_only_what_it_applied(verdict_bins, tmp_path):
+    """--resume --weight-decay 0 used to train on with last.pt's 0.1 while recording 0.0."""
+    import shutil
+    train_bin, val_bin, vocab = verdict_bins
+    cfg = _first_half(verdict_bins, tmp_path / "a", weight_decay=0.5)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    models, lines = {}, []
+    for folder, decay in (("a", 0.5), ("b", 0.0)):
+        models[decay] = tiny_model(vocab, seed=3)
+        train(models[decay], train_bin, val_bin, TrainConfig(**{**asdict(cfg), "max_iters": 8,
+                                                                 "weight_decay": decay}),
+              tmp_path / folder, resume=True, progress=False, log=lines.append)
+        last = torch.load(tmp_path / folder / "last.pt", weights_only=True)
+        assert last["extra"]["train_config"]["weight_decay"] == decay
+        assert last["optimizer_state_dict"]["param_groups"][0]["weight_decay"] == decay
+    assert any("weight_decay 0.5 -> 0.0" in line for line in lines)
+    # The decay really changed the steps: from the same last.pt, other weights.
+    difference = max((p - q).abs().max().item() for p, q in
+                     zip(models[0.5].parameters(), models[0.0].parameters()))
+    assert difference > 1e-6
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 8), ("block_size", 16),
+                                          ("grad_accum_steps", 2), ("seed", 1), ("eval_iters", 3)])
+def test_resume_refuses_a_setting_that_cannot_change_before_anything_is_written(
+        verdict_bins, tmp_path, field, value):
+    train_bin, val_bin, vocab = verdict_bins
+    cfg = _first_half(verdict_bins, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model = tiny_model(vocab, seed=3)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"cannot resume with {field} = {value}.*has "):
+        train(model, train_bin, val_bin, TrainConfig(**{**asdict(cfg), "max_iters": 8, field: value}),
+              tmp_path, resume=True, progress=False, log=lambda s: None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("damage", ["rng batches", "history best_val_loss",
+                                    "train_config weight_decay", "model_config num_heads"])
+def test_a_last_pt_missing_a_field_is_refused_before_the_model_is_touched(verdict_bins, tmp_path,
+                                                                           damage):
+    from shared.checkpoint import CheckpointError
+    train_bin, val_bin, vocab = verdict_bins
+    cfg = _first_half(verdict_bins, tmp_path)
+    payload = torch.load(tmp_path / "last.pt", weights_only=True)
+    where, key = damage.split()
+    holder = payload["extra"][where][0] if where == "rng" else payload["extra"][where]
+    del holder[key]
+    payload.pop("model_config", None) if where == "model_config" else None  # the copy in extra only
+    torch.save(payload, tmp_path / "last.pt")
+    model = tiny_model(vocab, seed=3)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"last.pt .*{key}"):
+        train(model, train_bin, val_bin, TrainConfig(**{**asdict(cfg), "max_iters": 8}), tmp_path,
+              resume=True, progress=False, log=lambda s: None)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_a_run_that_stopped_early_continues_with_a_larger_budget(verdict_bins, tmp_path):
+    train_bin, val_bin, vocab = verdict_bins
+    train_tokens = np.asarray(load_tokens(train_bin)[:1000])  # memorised fast: val turns up
+    val_tokens = load_tokens(val_bin)
+    cfg = tiny_config(max_iters=300, batch_size=8, eval_interval=10, warmup_iters=0,
+                      learning_rate=5e-3, min_lr=5e-3, weight_decay=0.0, patience=1)
+    first = train(tiny_model(vocab, layers=1), train_tokens, val_tokens, cfg, tmp_path,
+                  progress=False, log=lambda s: None)
+    stop = first["iters"][-1]
+    assert first["stopped_early"] and stop < 300
+
+    lines = []  # the same budget: nothing to do, and the line says what to pass
+    again = train(tiny_model(vocab, layers=1), train_tokens, val_tokens, cfg, tmp_path,
+                  resume=True, progress=False, log=lines.append)
+    assert again["iters"][-1] == stop and "max_iters" in lines[-1] and "patience" in lines[-1]
+
+    more = TrainConfig(**{**asdict(cfg), "patience": 3})  # a larger budget of patience
+    history = train(tiny_model(vocab, layers=1), train_tokens, val_tokens, more, tmp_path,
+                    resume=True, progress=False, log=lambda s: None)
+    assert history["iters"][-1] > stop and len(history["step_losses"]) == history["iters"][-1]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["iter_num"] > stop
+
+
+def test_a_folder_named_last_pt_is_named_as_a_folder_on_resume(verdict_bins, tmp_path):
+    """"No run to resume, start without resume" would send the user into the same folder again."""
+    train_bin, val_bin, vocab = verdict_bins
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="last.pt is a folder"):
+        train(tiny_model(vocab), train_bin, val_bin, tiny_config(), tmp_path, resume=True,
+              progress=False)
