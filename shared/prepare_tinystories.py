@@ -51,6 +51,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ from shared.tokenizer import END_OF_TEXT, EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
 BASE_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 OFFICIAL_FILES = {"train": "TinyStories-train.txt", "val": "TinyStories-valid.txt"}
+SAMPLE_FILES = {  # the excerpt that ships with the repository (bundled/README.md says what it is)
+    split: Path(__file__).resolve().parents[1] / "bundled" / "tinystories" / name
+    for split, name in (("train", "TinyStories-train-excerpt.txt"),
+                        ("val", "TinyStories-valid-excerpt.txt"))}
+PREFIX_SLACK = 1 << 16     # a --max-mb download fetches 64 KiB more, so the story it cuts ends in it
+SHORT_STORY_TOKENS = 80    # whole TinyStories stories average ~190 tokens, their paragraphs ~40
 HF_DATASET = "roneneldan/TinyStories"
 HF_SPLITS = {"train": "train", "val": "validation"}
 DTYPE = np.uint16          # every GPT-2 id (< 50257) fits, at half the size of int32
@@ -344,10 +351,12 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
     """Write out_dir/train.bin, val.bin and meta.json; return the meta dict. One run at a time:
     out_dir is locked while it works (FolderInUse names the process that holds it).
 
-    source: "download" (the official text files, through shared.download), "files"
-    (`train_file` and `val_file`; implied when they are given) or "hf" (the `datasets` hub copy).
+    source: "download" (the official text files, through shared.download), "sample" (the
+    excerpt in bundled/tinystories, no network), "files" (`train_file` and `val_file`; implied
+    when they are given) or "hf" (the `datasets` hub copy).
     max_mb: tokenise only the first `max_mb` MiB (2**20 bytes) of each text file, rounded up to
-    the end of a story: a slice of TinyStories that a laptop trains on (None: everything).
+    the end of a story: a slice of TinyStories that a laptop trains on (None: everything). With
+    "download", only that much of each official file is fetched (an HTTP range request).
     Nothing is written when meta.json already records the same inputs (slice included), unless
     force=True.
     """
@@ -357,8 +366,8 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         if source == "hf":
             raise ValueError("--source hf reads the hub dataset; drop --train-file/--val-file")
         source = "files"
-    if source not in ("download", "files", "hf"):
-        raise ValueError(f"source must be 'download', 'files' or 'hf', got {source!r}")
+    if source not in ("download", "sample", "files", "hf"):
+        raise ValueError(f"source must be 'download', 'sample', 'files' or 'hf', got {source!r}")
     check_positive(num_proc=num_proc)
     max_bytes = None
     if max_mb is not None:
@@ -373,33 +382,55 @@ def prepare(out_dir="data/tinystories", train_file=None, val_file=None, source="
         return _prepare(Path(out_dir), train_file, val_file, source, num_proc, force, max_bytes)
 
 
+def _download(out_dir: Path, force: bool, max_bytes):
+    """The official files in out_dir, or with max_bytes only their first max_bytes (plus
+    PREFIX_SLACK, so the story cut there ends inside): ({split: path}, {split: source}), or
+    (None, meta) when meta.json records the same inputs."""
+    from shared.download import download_file, download_prefix
+
+    urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
+    names = {split: name if max_bytes is None else
+             f"{Path(name).stem}.first-{max_bytes + PREFIX_SLACK}B.txt"
+             for split, name in OFFICIAL_FILES.items()}
+    files = {split: out_dir / name for split, name in names.items()}
+    if not force:
+        # With the text files at hand their sizes must match too; without them (deleted after an
+        # earlier run) the URLs are the inputs, and nothing is fetched again.
+        present = all(p.is_file() for p in files.values())
+        meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s], max_bytes) if present
+                                    else {"url": urls[s], "max_bytes": max_bytes} for s in files})
+        if meta:
+            return None, meta
+    for split, url in urls.items():
+        if max_bytes is None:
+            download_file(url, files[split], progress=True)
+            continue
+        got = download_prefix(url, files[split], max_bytes + PREFIX_SLACK, progress=True)
+        with open(got.path, "rb") as f:
+            f.seek(max_bytes)
+            if got.cut and f"\n{END_OF_TEXT}".encode() not in f.read():
+                raise ValueError(f"no story ends within {PREFIX_SLACK} bytes after byte "
+                                 f"{max_bytes} of {url}: is it TinyStories' text format?")
+    return files, {s: _file_source(files[s], urls[s], max_bytes) for s in files}
+
+
 def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) -> dict:
     from datasets import Dataset
 
     if source == "hf":
+        files = {}
         sources = {split: {"dataset": HF_DATASET, "split": hf} for split, hf in HF_SPLITS.items()}
-    elif source == "files":
-        files = {"train": Path(train_file), "val": Path(val_file)}
+    elif source == "download":
+        files, sources = _download(out_dir, force, max_bytes)
+        if files is None:  # up to date: `sources` is meta.json's contents
+            return sources
+    else:
+        files = SAMPLE_FILES if source == "sample" else {"train": Path(train_file),
+                                                         "val": Path(val_file)}
         for split, path in files.items():
             if not path.is_file():
                 raise FileNotFoundError(f"{split} file {path} not found")
         sources = {split: _file_source(path, max_bytes=max_bytes) for split, path in files.items()}
-    else:  # download: the raw files live in out_dir; an existing copy is not fetched again
-        urls = {split: BASE_URL + name for split, name in OFFICIAL_FILES.items()}
-        files = {split: out_dir / name for split, name in OFFICIAL_FILES.items()}
-        if not force:
-            # With the text files at hand their sizes must match too; without them (deleted
-            # after an earlier run) the URLs are the inputs, and nothing is fetched again.
-            present = all(p.is_file() for p in files.values())
-            meta = up_to_date(out_dir, {s: _file_source(files[s], urls[s], max_bytes) if present
-                                        else {"url": urls[s], "max_bytes": max_bytes}
-                                        for s in files})
-            if meta:
-                return meta
-        from shared.download import download_file
-        for split in files:
-            download_file(urls[split], files[split], progress=True)
-        sources = {s: _file_source(files[s], urls[s], max_bytes) for s in files}
 
     meta = None if force else up_to_date(out_dir, sources)
     if meta:
@@ -455,6 +486,7 @@ def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) 
             splits[split] = {"file": bin_path.name, "tokens": tokens, "stories": n_stories,
                              "story_separator": separator, "source": sources[split]}
             print(f"{out_dir / bin_path.name}: {n_stories:,} stories, {tokens:,} tokens")
+            _warn_if_short(split, files.get(split), n_stories, tokens)
             del rows, tokenized
         meta = _publish(tmp, out_dir, splits)
     except OSError as err:  # a full disk, most often: one line that says where and what is kept
@@ -466,6 +498,18 @@ def _prepare(out_dir, train_file, val_file, source, num_proc, force, max_bytes) 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def _warn_if_short(split, path, n_stories, tokens) -> None:
+    """Whole TinyStories stories average ~190 tokens; documents far shorter are most likely
+    paragraphs, from a file whose story boundaries were lost (say so, as it is easy to miss)."""
+    per_story = tokens / max(n_stories, 1)
+    if n_stories and per_story < SHORT_STORY_TOKENS:
+        warnings.warn(f"the {split} split's {n_stories:,} documents average {per_story:.0f} tokens, "
+                      f"far fewer than TinyStories' stories (about 190): {path or 'the input'} "
+                      "probably separates paragraphs, not stories, so <|endoftext|> will follow "
+                      "every paragraph. The official files end each story with a line "
+                      "<|endoftext|>; see the module's docstring", stacklevel=3)
 
 
 def _publish(staging: Path, out_dir: Path, splits: dict) -> dict:
@@ -502,9 +546,10 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out-dir", default="data/tinystories", type=writable_dir,
                         help="where the .bin files go")
-    parser.add_argument("--source", choices=("download", "hf"), default="download",
-                        help="download the official text files (into OUT_DIR) or load the "
-                             f"Hugging Face dataset {HF_DATASET} through `datasets`")
+    parser.add_argument("--source", choices=("download", "sample", "hf"), default="download",
+                        help="download the official text files (into OUT_DIR), use the excerpt "
+                             "in bundled/tinystories (no network), or load the Hugging Face "
+                             f"dataset {HF_DATASET} through `datasets`")
     parser.add_argument("--train-file", type=existing_file,
                         help="local training text instead of a download")
     parser.add_argument("--val-file", type=existing_file,
