@@ -252,7 +252,8 @@ def evaluate_and_save(run: Run) -> bool:
     stop = False
     if run.procs.master:
         losses = estimate_loss(run.eval_model, run.splits, cfg.batch_size, cfg.block_size,
-                               cfg.eval_iters, run.device, run.autocast, seed=cfg.seed)
+                               cfg.eval_iters, run.device, run.autocast,
+                               seed=cfg.seed + 1)  # not the training batches' stream
         history["iters"].append(run.iter_num)
         history["train_losses"].append(losses["train"])
         history["val_losses"].append(losses["val"])
