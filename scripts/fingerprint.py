@@ -1,6 +1,6 @@
-"""The fingerprint of a notebook's committed run: the code it ran (its code cells, the modules of
-shared/ they import and those import, all the way down, and the data in bundled/) and the outputs
-that run printed.
+"""The fingerprint of a notebook's committed run: the code it ran (its code cells without their
+comments, the modules of shared/ they import and those import, all the way down, and the data in
+bundled/) and the outputs that run printed.
 
     python scripts/fingerprint.py --record NOTEBOOK ...   # after a run: store it in the metadata
     python scripts/fingerprint.py --check NOTEBOOK ...    # is it still true? (exit status 1 if not)
@@ -56,11 +56,20 @@ def library_files(notebook: Path, repo: Path = REPO) -> list[str]:
     return sorted(done)
 
 
+def _code(source: str) -> str:
+    """What a cell runs, without its comments and layout (so a comment that quotes the run's own
+    time can be written after the run); a cell with IPython magics is taken as it is."""
+    try:
+        return ast.dump(ast.parse(source))
+    except SyntaxError:
+        return source
+
+
 def code_digest(notebook: Path, repo: Path = REPO) -> tuple[str, list[str]]:
     digest = hashlib.sha256()
     for cell in _cells(notebook):
         if cell["cell_type"] == "code":
-            digest.update("".join(cell["source"]).encode() + b"\0")
+            digest.update(_code("".join(cell["source"])).encode() + b"\0")
     files = library_files(notebook, repo) + sorted(  # the data, not its README
         p.relative_to(repo).as_posix() for p in (repo / "bundled").rglob("*")
         if p.is_file() and p.suffix != ".md")
