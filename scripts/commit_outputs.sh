@@ -21,7 +21,7 @@ export MPLBACKEND=module://matplotlib_inline.backend_inline
 if [ "${FAKE_GPT2:-0}" = 1 ]; then
   stand_in="$(mktemp -d)"
   trap 'rm -rf "$stand_in"' EXIT
-  python tests/fake_gpt2.py "$stand_in"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python tests/fake_gpt2.py "$stand_in"
   export LLM_MIRROR="$stand_in${LLM_MIRROR:+:$LLM_MIRROR}"
 fi
 notebooks=("$@")
