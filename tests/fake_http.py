@@ -160,3 +160,18 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def local_only(monkeypatch):
+    """No mirror unless a test sets one, no waiting between retries, no proxy for 127.0.0.1."""
+    from shared import download
+
+    monkeypatch.delenv("LLM_MIRROR", raising=False)
+    monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+def leftovers(folder) -> list[str]:
+    """The names in a folder, sorted: what a download left behind."""
+    return sorted(p.name for p in folder.iterdir())

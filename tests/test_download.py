@@ -9,7 +9,7 @@ import requests
 
 from shared import download
 from shared.download import DownloadError, download_file, get_the_verdict, mirror_bases, sources_for
-from fake_http import FakeServer, closed_port
+from fake_http import FakeServer, closed_port, local_only
 
 REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
@@ -17,11 +17,7 @@ BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-o
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """No mirror unless a test sets one, no waiting between retries, no proxy for 127.0.0.1."""
-    monkeypatch.delenv("LLM_MIRROR", raising=False)
-    monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    local_only(monkeypatch)
 
 
 @pytest.fixture

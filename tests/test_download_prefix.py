@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_http import FakeServer
+from fake_http import FakeServer, leftovers, local_only
 from shared import download
 from shared.download import DownloadError, Prefix, download_prefix
 
@@ -16,11 +16,7 @@ PATH = "/files/a.txt"
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """No mirror unless a test sets one, no waiting between retries, no proxy for 127.0.0.1."""
-    monkeypatch.delenv("LLM_MIRROR", raising=False)
-    monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    local_only(monkeypatch)
 
 
 @pytest.fixture
@@ -28,10 +24,6 @@ def server():
     with FakeServer() as s:
         s.files[PATH] = BODY
         yield s
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def test_a_server_that_honours_ranges_sends_only_the_prefix(server, tmp_path):

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from fake_http import FakeServer
-from shared import download, prepare_tinystories
+from fake_http import FakeServer, local_only
+from shared import prepare_tinystories
 from shared.prepare_tinystories import (EOT_LINES, PREFIX_SLACK, SAMPLE_FILES, iter_stories, prepare,
                                         story_separator)
 from shared.token_files import load_tokens
@@ -42,10 +42,7 @@ def test_paragraphs_instead_of_stories_are_warned_about(tmp_path, tinystories_sa
 def official(monkeypatch, tmp_path):
     """A local server posing as the dataset's host, serving 'official' files of ~400 KB (the
     bundled excerpts), with LLM_MIRROR unset so nothing else can serve them."""
-    monkeypatch.delenv("LLM_MIRROR", raising=False)
-    monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    local_only(monkeypatch)
     with FakeServer() as server:
         for split, name in prepare_tinystories.OFFICIAL_FILES.items():
             server.files[f"/{name}"] = SAMPLE_FILES[split].read_bytes()
