@@ -9,6 +9,8 @@ import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 
 class FakeServer:
     """Serves `files` (path -> bytes); records every request's path and Range header.
@@ -170,6 +172,12 @@ def local_only(monkeypatch):
     monkeypatch.setattr(download, "BACKOFF_BASE_S", 0)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def local_only_env(monkeypatch):
+    """local_only for every test of a module that imports this fixture."""
+    local_only(monkeypatch)
 
 
 def leftovers(folder) -> list[str]:

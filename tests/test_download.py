@@ -9,15 +9,10 @@ import requests
 
 from shared import download
 from shared.download import DownloadError, download_file, get_the_verdict, mirror_bases, sources_for
-from fake_http import FakeServer, closed_port, local_only
+from fake_http import FakeServer, closed_port, local_only_env  # noqa: F401 (an autouse fixture)
 
 REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    local_only(monkeypatch)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_http import FakeServer, leftovers, local_only
+from fake_http import FakeServer, leftovers, local_only_env  # noqa: F401 (an autouse fixture)
 from shared import download
 from shared.download import VERDICT_URL, DownloadError, download_file, get_the_verdict
 
@@ -18,11 +18,6 @@ REAL_MIRROR = REPO.parent / "shared" / "mirror"
 BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
 NEW_BODY = bytes(reversed(BODY))  # the same file after a change on the server
 PATH = "/files/a.bin"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    local_only(monkeypatch)
 
 
 @pytest.fixture

@@ -6,17 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from fake_http import FakeServer, leftovers, local_only
+from fake_http import FakeServer, leftovers, local_only_env  # noqa: F401 (an autouse fixture)
 from shared import download
 from shared.download import DownloadError, Prefix, download_prefix
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes, every byte value, so any off-by-one shows
 PATH = "/files/a.txt"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    local_only(monkeypatch)
 
 
 @pytest.fixture
