@@ -3,8 +3,9 @@ independent reference computes, and draws its figures.
 
 The notebooks assert on their own that what they build equals what `shared` exports (same weights,
 equal outputs); a failing assert fails the run here. On top of that, these tests check printed
-numbers against references that do not go through the notebook's code: tiktoken called directly,
-numpy, and Hugging Face's GPT-2 for the parameter count.
+numbers and verdicts against references that do not go through the notebook's code: tiktoken
+called directly, OpenAI's vocab.bpe and encoder.json read as files, numpy, an independent rebuild
+of chapter 4's shortcut experiment, and Hugging Face's GPT-2 for the parameter count.
 """
 import json
 import re
