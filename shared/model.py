@@ -1,14 +1,9 @@
 """GPTModel: GPT-2 as chapters 3-4 build it, plus the switches chapter 6 adds.
 
-The configuration dictionary decides the architecture:
-
-    vocab_size, context_length, emb_dim, num_heads, num_layers, drop_rate, qkv_bias  (GPT-2)
-    norm:            "layernorm" (GPT-2, default) or "rmsnorm"
-    pos_encoding:    "learned" (GPT-2, default) or "rope" (rotary embedding on queries and keys)
-    rope_theta:      base of the rotary frequencies, default 10000.0
-    tie_weights:     share the token embedding with the output head, default False
-
-With the defaults the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
+The configuration dictionary decides the architecture: the book's keys (GPT_CONFIG_124M) and the
+switches of shared/config.py's MODEL_SWITCHES table (norm, pos_encoding, rope_theta, tie_weights,
+init, ...), each with its default, allowed values and meaning. With every switch at its default
+the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
 """
 import math
 
@@ -17,17 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared import checks
+from shared.config import GPT_CONFIG_124M, with_defaults  # noqa: F401 (GPT_CONFIG_124M: re-export)
 from shared.tokenizer import GPT2_VOCAB_SIZE
-
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,     # GPT-2's BPE vocabulary
-    "context_length": 1024,  # longest sequence the model attends over
-    "emb_dim": 768,          # width of the residual stream
-    "num_heads": 12,         # attention heads per layer
-    "num_layers": 12,        # transformer blocks
-    "drop_rate": 0.1,        # dropout on embeddings, attention weights and residual branches
-    "qkv_bias": False,       # bias in the query/key/value projections (OpenAI's GPT-2 has one)
-}
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
@@ -164,12 +150,13 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        cfg = with_defaults(cfg)  # the switches it leaves out: shared/config.py's defaults
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
             dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"])
         self.ff = FeedForward(cfg)
-        self.norm1 = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
-        self.norm2 = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
+        self.norm1 = make_norm(cfg["norm"], cfg["emb_dim"])
+        self.norm2 = make_norm(cfg["norm"], cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x, rope=None, kv_cache=None, layer_idx=0):
@@ -186,7 +173,7 @@ class GPTModel(nn.Module):
         checks.check_model_config(cfg)
         # Plain ints: the config is saved in checkpoints, which hold only plain Python types.
         self.cfg = {k: int(v) if k in checks.SIZE_KEYS else v for k, v in cfg.items()}
-        cfg = self.cfg
+        cfg = with_defaults(self.cfg)  # the switches it leaves out: shared/config.py's defaults
         self.context_length = cfg["context_length"]
         # Ids the tokenizer can produce; a padded vocabulary (50304) has rows no text maps to,
         # and generation never samples them.
@@ -194,22 +181,22 @@ class GPTModel(nn.Module):
                                             min(cfg["vocab_size"], GPT2_VOCAB_SIZE))
 
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        if cfg.get("pos_encoding", "learned") == "learned":
+        if cfg["pos_encoding"] == "learned":
             self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
             self.rope = None
         else:
             self.pos_emb = None
             self.rope = RotaryEmbedding(cfg["emb_dim"] // cfg["num_heads"], cfg["context_length"],
-                                        cfg.get("rope_theta", 10000.0))
+                                        cfg["rope_theta"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg["num_layers"]))
-        self.final_norm = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
+        self.final_norm = make_norm(cfg["norm"], cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
-        if cfg.get("tie_weights", False):
+        if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
         # init="pytorch": every layer drew its PyTorch default above, in the book's order, so
         # torch.manual_seed(123) gives the book's weights; drawing them again would not.
-        if cfg.get("init", "gpt2") == "gpt2":
+        if cfg["init"] == "gpt2":
             self.reset_parameters()
 
     def reset_parameters(self):
@@ -223,7 +210,7 @@ class GPTModel(nn.Module):
         weights. With an untied head that too starts near ln(vocab_size); a tied head then holds
         the N(0, 1) embedding, and the initial loss explodes (chapter 6 shows it). The constructor
         keeps the draws it made; calling this method draws them again."""
-        if self.cfg.get("init", "gpt2") == "pytorch":
+        if with_defaults(self.cfg)["init"] == "pytorch":
             for module in self.modules():
                 if module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()

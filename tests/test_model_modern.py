@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
+from shared.config import MODEL_SWITCHES, with_defaults
 from shared.model import GPT_CONFIG_124M, GPTModel, RotaryEmbedding
+from switches import one_switch_changed
 from weights import randomize_
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=101, context_length=16, emb_dim=48, num_heads=3,
@@ -80,12 +82,13 @@ def test_rmsnorm_config_uses_rmsnorm_eps_1e6():
 # -- the defaults are GPT-2 -----------------------------------------------------------------------
 
 def test_defaults_equal_explicit_gpt2_switches():
-    """No switches == norm="layernorm", pos_encoding="learned": same keys, init and logits."""
+    """No switches == every switch of the table written out at its default (norm="layernorm",
+    pos_encoding="learned", ...): same keys, init and logits."""
     torch.manual_seed(0)
     default = GPTModel(TINY).eval()
     torch.manual_seed(0)
-    explicit = GPTModel(dict(TINY, norm="layernorm", pos_encoding="learned", rope_theta=10000.0,
-                             tie_weights=False)).eval()
+    explicit = GPTModel(with_defaults(TINY)).eval()
+    assert explicit.cfg["norm"] == "layernorm" and explicit.cfg["pos_encoding"] == "learned"
     assert list(default.state_dict()) == list(explicit.state_dict())
     for key, value in default.state_dict().items():
         assert torch.equal(value, explicit.state_dict()[key]), key
@@ -121,3 +124,27 @@ def test_modern_model_initial_loss_is_ln_vocab(initial_loss, tie_weights):
     cfg = dict(GPT_CONFIG_124M, vocab_size=50304, context_length=256, emb_dim=384, num_heads=6,
                num_layers=2, norm="rmsnorm", pos_encoding="rope", tie_weights=tie_weights)
     assert abs(initial_loss(cfg) - math.log(50304)) < 0.5
+
+
+# -- the table of switches ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change", one_switch_changed(), ids=str)
+def test_every_value_of_every_switch_builds_a_model_that_trains(change):
+    """Each value the table (shared/config.py) allows passes the check and gives a model in which
+    every parameter gets a finite, non-zero gradient (a module built but left unused has none)."""
+    torch.manual_seed(0)
+    model = GPTModel(dict(TINY, **change))
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    logits = model(idx[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("key", list(MODEL_SWITCHES))
+def test_a_value_the_table_does_not_allow_is_refused_by_name(key):
+    """A string "False" for a True/False switch, a negative number, a name not in the table."""
+    bad = {bool: "False", float: -1.0}.get(MODEL_SWITCHES[key].allowed, "bogus")
+    with pytest.raises(ValueError, match=rf"^{key} must be"):
+        GPTModel(dict(TINY, **{key: bad}))
