@@ -140,6 +140,42 @@ class FeedForward(nn.Module):
     def forward(self, x):
         return self.layers(x)
 
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The projection that writes into the residual stream."""
+        return self.layers[2]
+
+
+def swiglu_hidden_dim(emb_dim: int) -> int:
+    """2/3 of GPT-2's 4 * emb_dim, so that SwiGLU's three matrices hold as many weights as the
+    GELU MLP's two (3 * 8/3 = 2 * 4), rounded up to a multiple of 8 for the matmul kernels: the
+    rule of Meta's Llama code (llama/model.py, FeedForward), which rounds to 256 instead.
+    emb_dim 384 -> 1024, 768 -> 2048."""
+    return -(-(8 * emb_dim // 3) // 8) * 8
+
+
+class SwiGLUFeedForward(nn.Module):
+    """Llama's gated MLP: down(silu(gate(x)) * up(x)), without biases (Shazeer 2020, "GLU Variants
+    Improve Transformer"; names as in Hugging Face's LlamaMLP)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = swiglu_hidden_dim(cfg["emb_dim"])
+        self.gate_proj = nn.Linear(cfg["emb_dim"], hidden, bias=False)
+        self.up_proj = nn.Linear(cfg["emb_dim"], hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, cfg["emb_dim"], bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The projection that writes into the residual stream."""
+        return self.down_proj
+
+
+FEED_FORWARDS = {"gelu": FeedForward, "swiglu": SwiGLUFeedForward}  # cfg["ffn"] -> its class
+
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm1(x)), then x + ffn(norm2(x)).
@@ -154,7 +190,7 @@ class TransformerBlock(nn.Module):
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
             dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"])
-        self.ff = FeedForward(cfg)
+        self.ff = FEED_FORWARDS[cfg["ffn"]](cfg)
         self.norm1 = make_norm(cfg["norm"], cfg["emb_dim"])
         self.norm2 = make_norm(cfg["norm"], cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
@@ -224,7 +260,7 @@ class GPTModel(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.cfg["num_layers"])
         for block in self.trf_blocks:
             nn.init.normal_(block.att.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.ff.layers[2].weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ff.out_proj.weight, mean=0.0, std=residual_std)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for `batch_size` sequences of up to `max_len` (default: context) tokens."""

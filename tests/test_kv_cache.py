@@ -15,6 +15,7 @@ CONFIGS = {
     "rope-rmsnorm": dict(pos_encoding="rope", norm="rmsnorm"),
     "rope-rmsnorm-tied": dict(pos_encoding="rope", norm="rmsnorm", tie_weights=True),
     "learned-layernorm-tied": dict(pos_encoding="learned", norm="layernorm", tie_weights=True),
+    "rope-rmsnorm-swiglu": dict(pos_encoding="rope", norm="rmsnorm", ffn="swiglu"),
 }
 
 

@@ -79,6 +79,103 @@ def test_rmsnorm_config_uses_rmsnorm_eps_1e6():
         assert not any(name == "bias" for name, _ in norm.named_parameters())
 
 
+# -- SwiGLU ---------------------------------------------------------------------------------------
+
+def test_swiglu_matches_huggingface_llama_mlp():
+    """ffn="swiglu": each block's feed-forward equals transformers' LlamaMLP (SiLU gate, no
+    biases) holding the same weights, on random input."""
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from transformers import LlamaConfig
+
+    model = randomize_(GPTModel(dict(TINY, ffn="swiglu")))
+    x = torch.randn(2, 7, TINY["emb_dim"])
+    for block in model.trf_blocks:
+        config = LlamaConfig(hidden_size=TINY["emb_dim"], num_attention_heads=TINY["num_heads"],
+                             hidden_act="silu", mlp_bias=False,
+                             intermediate_size=block.ff.up_proj.out_features)
+        reference = llama.LlamaMLP(config)
+        reference.load_state_dict(block.ff.state_dict())  # strict: a bias of ours would not fit
+        with torch.no_grad():
+            torch.testing.assert_close(block.ff(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("emb_dim", [384, 768])
+def test_swiglu_is_two_thirds_as_wide_with_as_many_weights(emb_dim):
+    """Hidden width 2/3 * 4 * emb_dim (1024 for 384, 2048 for 768): its three matrices hold as
+    many weights as the GELU MLP's two."""
+    cfg = dict(GPT_CONFIG_124M, vocab_size=10, context_length=8, emb_dim=emb_dim, num_heads=6,
+               num_layers=1)
+    with torch.device("meta"):  # shapes only
+        gelu, swiglu = (GPTModel(dict(cfg, ffn=ffn)).trf_blocks[0].ff for ffn in ("gelu", "swiglu"))
+    assert swiglu.up_proj.out_features == swiglu.gate_proj.out_features == 2 * 4 * emb_dim // 3
+    gelu_matrices = sum(p.numel() for p in gelu.parameters() if p.dim() == 2)
+    assert sum(p.numel() for p in swiglu.parameters()) == gelu_matrices == 8 * emb_dim ** 2
+
+
+def test_swiglu_down_projection_gets_gpt2_residual_scaling():
+    """GPT-2's init: N(0, 0.02) for gate and up, 0.02 / sqrt(2 * num_layers) for the projection
+    that writes into the residual stream."""
+    num_layers = 8
+    torch.manual_seed(0)
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=10, context_length=8, emb_dim=192,
+                          num_heads=4, num_layers=num_layers, ffn="swiglu"))
+    ff = model.trf_blocks[3].ff
+    assert ff.gate_proj.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert ff.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert ff.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * num_layers),
+                                                             rel=0.02)
+
+
+def llama_twin(model):
+    """transformers' LlamaForCausalLM with our weights: what GPTModel with RoPE, RMSNorm, SwiGLU
+    and no qkv bias is, once its attention output bias is zero (Llama has none)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = with_defaults(model.cfg)
+    config = LlamaConfig(
+        vocab_size=cfg["vocab_size"], hidden_size=cfg["emb_dim"], num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=cfg["num_heads"], num_key_value_heads=cfg["num_heads"],
+        intermediate_size=model.trf_blocks[0].ff.up_proj.out_features, hidden_act="silu",
+        max_position_embeddings=cfg["context_length"], rms_norm_eps=1e-6, attention_bias=False,
+        mlp_bias=False, tie_word_embeddings=False, attn_implementation="eager",
+        rope_parameters={"rope_type": "default", "rope_theta": cfg["rope_theta"]})
+    twin = LlamaForCausalLM(config)
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
+             "out_head.weight": "lm_head.weight"}
+    for i in range(cfg["num_layers"]):
+        ours, theirs = f"trf_blocks.{i}.", f"model.layers.{i}."
+        for mine, hf in [("att.W_query", "self_attn.q_proj"), ("att.W_key", "self_attn.k_proj"),
+                         ("att.W_value", "self_attn.v_proj"), ("att.out_proj", "self_attn.o_proj"),
+                         ("ff.gate_proj", "mlp.gate_proj"), ("ff.up_proj", "mlp.up_proj"),
+                         ("ff.down_proj", "mlp.down_proj"), ("norm1", "input_layernorm"),
+                         ("norm2", "post_attention_layernorm")]:
+            names[ours + mine + ".weight"] = theirs + hf + ".weight"
+    state = model.state_dict()
+    twin.load_state_dict({hf: state[mine] for mine, hf in names.items()})  # strict: all of them
+    return twin
+
+
+def test_rope_rmsnorm_swiglu_model_is_huggingface_llama():
+    """With RoPE, RMSNorm and SwiGLU GPTModel computes what transformers' Llama computes: the same
+    logits, and the same gradient for the first block's gate projection."""
+    pytest.importorskip("transformers.models.llama.modeling_llama")
+    cfg = dict(TINY, qkv_bias=False, norm="rmsnorm", pos_encoding="rope", ffn="swiglu")
+    model = randomize_(GPTModel(cfg))
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            block.att.out_proj.bias.zero_()
+    twin = llama_twin(model)
+    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
+    ours, theirs = model(idx), twin(idx).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert theirs.std() > 0.1
+    ours.logsumexp(-1).mean().backward()
+    theirs.logsumexp(-1).mean().backward()
+    mine, hf = model.trf_blocks[0].ff.gate_proj.weight.grad, twin.model.layers[0].mlp.gate_proj.weight.grad
+    assert hf.abs().max() > 0
+    torch.testing.assert_close(mine, hf, rtol=1e-4, atol=1e-6)
+
+
 # -- the defaults are GPT-2 -----------------------------------------------------------------------
 
 def test_defaults_equal_explicit_gpt2_switches():
