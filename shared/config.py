@@ -44,6 +44,8 @@ MODEL_SWITCHES = {
     "ffn": Switch("gelu", ("gelu", "swiglu"),
                   "feed-forward: GPT-2's 4x-wide GELU MLP, or Llama's gated SwiGLU (no biases, "
                   "2/3 as wide: as many weights)", gpt2_only_default=True),
+    "qk_norm": Switch(False, bool, "RMSNorm on each head's queries and keys before their dot "
+                                   "product (QK-norm, as in Qwen3)", gpt2_only_default=True),
     # the load overwrites the initial weights, so a checkpoint need not agree on init
     "init": Switch("gpt2", ("gpt2", "pytorch"),
                    "initial weights: GPT-2's N(0, 0.02) with scaled residual projections, or each "

@@ -87,7 +87,8 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention through PyTorch's fused scaled_dot_product_attention."""
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False,
+                 qk_norm=False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
@@ -97,6 +98,12 @@ class MultiHeadAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads
+        # QK-norm as Qwen3 does it (transformers' models/qwen3/modeling_qwen3.py, Qwen3Attention):
+        # RMSNorm with a learned gain over each head's head_dim features, on the queries and on
+        # the keys, before RoPE. With unit gains a score q.k / sqrt(head_dim) is then at most
+        # sqrt(head_dim), however large the projections grow. Off: the identity.
+        self.q_norm = make_norm("rmsnorm", self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = make_norm("rmsnorm", self.head_dim) if qk_norm else nn.Identity()
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -105,8 +112,8 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, rope=None, kv_cache=None, layer_idx=0):
         B, T, _ = x.shape
         start_pos = kv_cache.length if kv_cache is not None else 0
-        q = self.split_heads(self.W_query(x))  # (B, H, T, head_dim)
-        k = self.split_heads(self.W_key(x))
+        q = self.q_norm(self.split_heads(self.W_query(x)))  # (B, H, T, head_dim)
+        k = self.k_norm(self.split_heads(self.W_key(x)))
         v = self.split_heads(self.W_value(x))
         if rope is not None:  # rotate queries and keys by their absolute positions
             q, k = rope(q, start_pos), rope(k, start_pos)
@@ -189,7 +196,8 @@ class TransformerBlock(nn.Module):
         cfg = with_defaults(cfg)  # the switches it leaves out: shared/config.py's defaults
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
-            dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"])
+            dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"],
+            qk_norm=cfg["qk_norm"])
         self.ff = FEED_FORWARDS[cfg["ffn"]](cfg)
         self.norm1 = make_norm(cfg["norm"], cfg["emb_dim"])
         self.norm2 = make_norm(cfg["norm"], cfg["emb_dim"])

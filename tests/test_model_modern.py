@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shared.config import MODEL_SWITCHES, with_defaults
-from shared.model import GPT_CONFIG_124M, GPTModel, RotaryEmbedding
+from shared.model import GPT_CONFIG_124M, GPTModel, MultiHeadAttention, RotaryEmbedding
 from switches import one_switch_changed
 from weights import randomize_
 
@@ -126,54 +126,127 @@ def test_swiglu_down_projection_gets_gpt2_residual_scaling():
                                                              rel=0.02)
 
 
-def llama_twin(model):
-    """transformers' LlamaForCausalLM with our weights: what GPTModel with RoPE, RMSNorm, SwiGLU
-    and no qkv bias is, once its attention output bias is zero (Llama has none)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def hf_twin(model):
+    """transformers' LlamaForCausalLM, or with QK-norm Qwen3ForCausalLM, holding our weights:
+    what GPTModel with RoPE, RMSNorm, SwiGLU and no qkv bias is, once its attention output bias
+    is zero (theirs have none)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     cfg = with_defaults(model.cfg)
-    config = LlamaConfig(
+    config_class, model_class = ((Qwen3Config, Qwen3ForCausalLM) if cfg["qk_norm"]
+                                 else (LlamaConfig, LlamaForCausalLM))
+    config = config_class(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["emb_dim"], num_hidden_layers=cfg["num_layers"],
         num_attention_heads=cfg["num_heads"], num_key_value_heads=cfg["num_heads"],
-        intermediate_size=model.trf_blocks[0].ff.up_proj.out_features, hidden_act="silu",
+        head_dim=cfg["emb_dim"] // cfg["num_heads"], hidden_act="silu",
+        intermediate_size=model.trf_blocks[0].ff.up_proj.out_features,
         max_position_embeddings=cfg["context_length"], rms_norm_eps=1e-6, attention_bias=False,
-        mlp_bias=False, tie_word_embeddings=False, attn_implementation="eager",
+        tie_word_embeddings=False, attn_implementation="eager",
         rope_parameters={"rope_type": "default", "rope_theta": cfg["rope_theta"]})
-    twin = LlamaForCausalLM(config)
+    twin = model_class(config)
     names = {"tok_emb.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
              "out_head.weight": "lm_head.weight"}
+    pairs = [("att.W_query", "self_attn.q_proj"), ("att.W_key", "self_attn.k_proj"),
+             ("att.W_value", "self_attn.v_proj"), ("att.out_proj", "self_attn.o_proj"),
+             ("ff.gate_proj", "mlp.gate_proj"), ("ff.up_proj", "mlp.up_proj"),
+             ("ff.down_proj", "mlp.down_proj"), ("norm1", "input_layernorm"),
+             ("norm2", "post_attention_layernorm")]
+    if cfg["qk_norm"]:
+        pairs += [("att.q_norm", "self_attn.q_norm"), ("att.k_norm", "self_attn.k_norm")]
     for i in range(cfg["num_layers"]):
-        ours, theirs = f"trf_blocks.{i}.", f"model.layers.{i}."
-        for mine, hf in [("att.W_query", "self_attn.q_proj"), ("att.W_key", "self_attn.k_proj"),
-                         ("att.W_value", "self_attn.v_proj"), ("att.out_proj", "self_attn.o_proj"),
-                         ("ff.gate_proj", "mlp.gate_proj"), ("ff.up_proj", "mlp.up_proj"),
-                         ("ff.down_proj", "mlp.down_proj"), ("norm1", "input_layernorm"),
-                         ("norm2", "post_attention_layernorm")]:
-            names[ours + mine + ".weight"] = theirs + hf + ".weight"
+        for mine, hf in pairs:
+            names[f"trf_blocks.{i}.{mine}.weight"] = f"model.layers.{i}.{hf}.weight"
     state = model.state_dict()
-    twin.load_state_dict({hf: state[mine] for mine, hf in names.items()})  # strict: all of them
+    assert set(names) == {key for key in state if not key.endswith("out_proj.bias")}  # all of ours
+    twin.load_state_dict({hf: state[mine] for mine, hf in names.items()})  # strict: all of theirs
     return twin
+
+
+def assert_same_as_hf_twin(cfg, grad_of):
+    """GPTModel(cfg) and its Hugging Face twin: the same logits, and the same gradient for the
+    parameter grad_of names (ours, theirs)."""
+    model = randomize_(GPTModel(cfg))
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            block.att.out_proj.bias.zero_()
+    twin = hf_twin(model)
+    idx = torch.randint(0, cfg["vocab_size"], (2, cfg["context_length"]))
+    ours, theirs = model(idx), twin(idx).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert theirs.std() > 0.1
+    ours.logsumexp(-1).mean().backward()
+    theirs.logsumexp(-1).mean().backward()
+    mine, hf = (m.get_parameter(name).grad for m, name in zip((model, twin), grad_of))
+    assert hf.abs().max() > 0
+    torch.testing.assert_close(mine, hf, rtol=1e-4, atol=1e-6)
 
 
 def test_rope_rmsnorm_swiglu_model_is_huggingface_llama():
     """With RoPE, RMSNorm and SwiGLU GPTModel computes what transformers' Llama computes: the same
     logits, and the same gradient for the first block's gate projection."""
     pytest.importorskip("transformers.models.llama.modeling_llama")
-    cfg = dict(TINY, qkv_bias=False, norm="rmsnorm", pos_encoding="rope", ffn="swiglu")
-    model = randomize_(GPTModel(cfg))
+    assert_same_as_hf_twin(dict(TINY, qkv_bias=False, norm="rmsnorm", pos_encoding="rope",
+                                ffn="swiglu"),
+                           ("trf_blocks.0.ff.gate_proj.weight", "model.layers.0.mlp.gate_proj.weight"))
+
+
+# -- QK-norm -------------------------------------------------------------------------------------
+
+def written_out_attention(att, x, rope=None):
+    """Causal attention written out (scores, mask, softmax), with torch.nn.RMSNorm(head_dim,
+    eps=1e-6) holding att's gains applied to each head's queries and keys, then RoPE."""
+    B, T, C = x.shape
+    q, k, v = (att.split_heads(proj(x)) for proj in (att.W_query, att.W_key, att.W_value))
+    q_norm, k_norm = (torch.nn.RMSNorm(att.head_dim, eps=1e-6) for _ in range(2))
+    q_norm.weight.copy_(att.q_norm.weight)
+    k_norm.weight.copy_(att.k_norm.weight)
+    q, k = q_norm(q), k_norm(k)                                          # (B, H, T, head_dim)
+    if rope is not None:
+        q, k = rope(q), rope(k)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(att.head_dim)          # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    weights = scores.masked_fill(causal, float("-inf")).softmax(dim=-1)
+    return att.out_proj((weights @ v).transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_qk_norm_is_rmsnorm_on_each_heads_queries_and_keys(pos_encoding):
+    """qk_norm=True: the fused attention (scaled_dot_product_attention) equals attention written
+    out with torch.nn.RMSNorm over each head's features of q and of k, before RoPE. The gains are
+    random, so swapping the two norms, or normalising after RoPE, shows."""
+    model = randomize_(GPTModel(dict(TINY, qk_norm=True, pos_encoding=pos_encoding))).eval()
+    x = torch.randn(2, 9, TINY["emb_dim"])
+    for block in model.trf_blocks:
+        with torch.no_grad():
+            torch.testing.assert_close(block.att(x, model.rope),
+                                       written_out_attention(block.att, x, model.rope),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_qk_norm_model_is_huggingface_qwen3():
+    """With RoPE, RMSNorm, SwiGLU and QK-norm GPTModel computes what transformers' Qwen3 computes
+    (its q_norm and k_norm: per head, before RoPE): the same logits, and the same gradient for
+    the first block's query norm gains."""
+    pytest.importorskip("transformers.models.qwen3.modeling_qwen3")
+    assert_same_as_hf_twin(dict(TINY, qkv_bias=False, norm="rmsnorm", pos_encoding="rope",
+                                ffn="swiglu", qk_norm=True),
+                           ("trf_blocks.0.att.q_norm.weight", "model.layers.0.self_attn.q_norm.weight"))
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(qk_norm):
+    """Query and key projections 50x larger: with QK-norm the output stays as it was (RMSNorm
+    removes the scale); without it the softmax sharpens and the output changes."""
+    torch.manual_seed(0)
+    att = MultiHeadAttention(d_in=48, d_out=48, context_length=16, dropout=0.0, num_heads=3,
+                             qk_norm=qk_norm).eval()
+    x = torch.randn(2, 9, 48)
     with torch.no_grad():
-        for block in model.trf_blocks:
-            block.att.out_proj.bias.zero_()
-    twin = llama_twin(model)
-    idx = torch.randint(0, TINY["vocab_size"], (2, TINY["context_length"]))
-    ours, theirs = model(idx), twin(idx).logits
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
-    assert theirs.std() > 0.1
-    ours.logsumexp(-1).mean().backward()
-    theirs.logsumexp(-1).mean().backward()
-    mine, hf = model.trf_blocks[0].ff.gate_proj.weight.grad, twin.model.layers[0].mlp.gate_proj.weight.grad
-    assert hf.abs().max() > 0
-    torch.testing.assert_close(mine, hf, rtol=1e-4, atol=1e-6)
+        before = att(x)
+        att.W_query.weight.mul_(50.0)
+        att.W_key.weight.mul_(50.0)
+        after = att(x)
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5) == qk_norm
 
 
 # -- the defaults are GPT-2 -----------------------------------------------------------------------
