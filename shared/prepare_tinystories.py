@@ -25,10 +25,10 @@ the work leaves the previous dataset as it was (the files are written with plain
 full disk is an OSError, not the SIGBUS of a memory map). While the two files are renamed in,
 meta.json says "rebuilding", so a kill between the renames leaves a folder every reader refuses;
 then meta.json (its format version, token counts, dtype, vocabulary, source files and sizes, and
-a build id that train.bin and val.bin share) is written, atomically. A run that loaded the old files goes on
-reading them (shared.token_files.load_tokens keeps them open). A re-run whose inputs match
-meta.json does nothing. One run at a time: OUT_DIR/.lock names the process
-that holds the folder (shared.files.exclusive_folder), and tokeniser workers die with their
+a build id that train.bin and val.bin share) is written, atomically (shared.token_files.publish).
+A run that loaded the old files goes on reading them (shared.token_files.load_tokens keeps them
+open). A re-run whose inputs match meta.json does nothing. One run at a time: OUT_DIR/.lock names
+the process that holds the folder (shared.files.exclusive_folder), and tokeniser workers die with their
 parent (on Linux), so a killed run leaves none of them working for nobody.
 """
 import argparse
@@ -54,7 +54,7 @@ from shared.stories import (chunk_ranges, encode_stories, iter_stories, looks_li
 from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
 SOURCES = ("download", "sample", "files", "hf")
-IDS = {"encoding": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "eot_id": EOT_ID}  # what meta.json says of the ids
+IDS = {"encoding": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "eot_id": EOT_ID}  # meta.json: the ids
 BYTES_PER_PROCESS = 2 << 20  # a worker pool takes ~0.25 s to start: as long as encoding ~2 MB
 
 
@@ -139,7 +139,8 @@ def row_tokens(rows):
 def _rows_of_ids(tokenized, path: Path):
     """The ids of each tokenised row in turn, read from datasets' memory-mapped Arrow file one row
     (at most ~CHUNK_BYTES of text) at a time, so the ids never all sit in RAM."""
-    for rows in tqdm(tokenized.iter(batch_size=1), total=len(tokenized), desc=f"writing {path.name}"):
+    for rows in tqdm(tokenized.iter(batch_size=1), total=len(tokenized),
+                     desc=f"writing {path.name}"):
         yield row_tokens(rows)
 
 
@@ -193,6 +194,8 @@ def _inputs(out_dir: Path, source, train_file, val_file, max_bytes):
 
 
 def _prepare(out_dir: Path, source, train_file, val_file, num_proc, force, max_bytes) -> dict:
+    """prepare() once out_dir is locked: the inputs, unless meta.json already records them; their
+    stories tokenised split by split into a staging folder; then the files published together."""
     if source == "download" and not force:  # answered from meta.json before anything is fetched
         meta = token_files.up_to_date(out_dir, sources.official_records(out_dir, max_bytes))
         if meta:
@@ -237,8 +240,9 @@ def _byte_range_rows(path: Path, separator, max_bytes):
     from datasets import Dataset
 
     ranges = chunk_ranges(path, separator, max_bytes=max_bytes)
-    rows = Dataset.from_dict({"path": [str(path)] * len(ranges), "start": [a for a, _ in ranges],
-                              "end": [b for _, b in ranges], "separator": [separator] * len(ranges)})
+    rows = Dataset.from_dict({"path": [str(path)] * len(ranges),
+                              "start": [a for a, _ in ranges], "end": [b for _, b in ranges],
+                              "separator": [separator] * len(ranges)})
     return rows, (ranges[-1][1] if ranges else 0)
 
 

@@ -19,7 +19,7 @@ SAMPLE_FILES = {
     split: Path(__file__).resolve().parents[1] / "bundled" / "tinystories" / name
     for split, name in (("train", "TinyStories-train-excerpt.txt"),
                         ("val", "TinyStories-valid-excerpt.txt"))}
-PREFIX_SLACK = 1 << 16     # a max_bytes download fetches 64 KiB more, so the story it cuts ends in it
+PREFIX_SLACK = 1 << 16  # a prefix is 64 KiB longer than max_bytes: the story cut there ends in it
 HF_DATASET = "roneneldan/TinyStories"
 HF_SPLITS = {"train": "train", "val": "validation"}
 STORIES_PER_ROW = 256      # stories per datasets row for the hub copy (one story per row there)

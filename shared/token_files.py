@@ -43,13 +43,14 @@ def read_meta(data_dir) -> dict | None:
                          f"{advice}")
     if meta.get("rebuilding"):  # publish() swaps the files in under this marker
         raise ValueError(f"{Path(data_dir)} is being rebuilt, or its rebuild was stopped before it "
-                         f"finished, so its files may come from two builds: wait for it, or {RERUN}")
+                         "finished, so its files may come from two builds: wait for it, or "
+                         f"{RERUN}")
     version = meta.get("format")
     if version != FORMAT_VERSION:
         age = "a newer" if isinstance(version, int) and version > FORMAT_VERSION else "an older"
-        raise ValueError(f"{meta_path} is meta.json format {version}, from {age} version of the "
-                         f"preparation; this code reads format {FORMAT_VERSION}: {RERUN} to rebuild "
-                         "the folder")
+        raise ValueError(f"{meta_path} is meta.json format {version}, from {age} version of "
+                         f"the preparation; this code reads format {FORMAT_VERSION}: {RERUN} to "
+                         "rebuild the folder")
     problem = _meta_problem(meta)
     if problem:  # valid JSON with wrong fields, e.g. after a hand edit
         raise ValueError(f"{meta_path}: {problem}{advice}")
