@@ -165,7 +165,7 @@ _ROWS = []  # each pool worker's copy of the rows' stories, loaded by _load_rows
 
 def _load_rows(path: str) -> None:
     """The stories of each ~1 MB row, as prepare_tinystories' workers split them."""
-    from shared.prepare_tinystories import chunk_ranges, stories_in_range, story_separator
+    from shared.stories import chunk_ranges, stories_in_range, story_separator
     from shared.tokenizer import get_tokenizer
     separator = story_separator(path)
     _ROWS[:] = [stories_in_range(path, a, b, separator) for a, b in chunk_ranges(path, separator)]
@@ -174,7 +174,7 @@ def _load_rows(path: str) -> None:
 
 def _encode_share(index: int, num_shares: int) -> int:
     """Encode every num_shares-th row with the workers' own call; return the token count."""
-    from shared.prepare_tinystories import encode_stories
+    from shared.stories import encode_stories
     return sum(len(encode_stories(stories)) for stories in _ROWS[index::num_shares])
 
 

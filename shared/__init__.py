@@ -14,7 +14,8 @@ Modules, in the order the book builds them:
     tf_checkpoint  OpenAI's TensorFlow checkpoint read without TensorFlow
     device      cuda, else mps, else cpu; a non-CPU device is checked against the CPU once
 
-Beside the core: checks (the edge's input rules), cli (argparse types), token_files (train.bin,
-val.bin, meta.json), trainer / distributed (chapter 6's trainer and its DDP calls), speedups,
+Beside the core: checks (the edge's input rules), cli (argparse types), stories (TinyStories'
+stories and their ids), token_files (train.bin, val.bin, meta.json), tinystories_sources (where
+the text comes from), trainer / distributed (chapter 6's trainer and its DDP calls), speedups,
 prepare_tinystories, train_tinystories and sample (command lines).
 """

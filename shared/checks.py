@@ -221,23 +221,15 @@ def _whole(cfg, name, low):
 def check_token_array(data, vocab_size=None, name="the token array"):
     """One stream of token ids (1-D), all below vocab_size: what get_batch and the model assume.
 
-    The largest id is read from meta.json when the array is a token file that prepare_tinystories
-    wrote (reading a whole memmap would pull the file into memory); otherwise it is computed.
+    The largest id is computed, so pass vocab_size=None for a token file whose meta.json vouches
+    for its ids (shared.token_files.check_vocabulary): reading a whole memmap would pull the file
+    into memory.
     """
     if np.ndim(data) != 1:
         raise ValueError(f"{name} must be a 1-D array of token ids (one stream, as load_tokens "
                          f"returns), got shape {np.shape(data)}; flatten it with .reshape(-1)")
     if vocab_size is None or len(data) == 0:
         return
-    filename = getattr(data, "filename", None)
-    if filename:
-        from shared.token_files import read_meta
-        meta = read_meta(os.path.dirname(filename))
-        if meta is not None and "vocab_size" in meta:
-            if meta["vocab_size"] > vocab_size:
-                raise ValueError(f"{name} ({filename}) holds ids up to {meta['vocab_size'] - 1} "
-                                 f"(meta.json), but the model's vocab_size is {vocab_size}")
-            return
     high = int(np.max(data))
     if high >= vocab_size or int(np.min(data)) < 0:
         raise ValueError(f"{name} holds ids up to {high}, but the model's vocab_size is "

@@ -43,7 +43,7 @@ from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, seed, stdout_may_close, writable_dir)
 from shared.config import MODEL_SWITCHES, with_defaults
-from shared.token_files import load_tokens, read_meta
+from shared.token_files import check_vocabulary, load_tokens
 from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
@@ -218,13 +218,7 @@ def _resume_settings(args, given, last_path):
 
 def _check_vocabulary(data_dir: Path, vocab_size: int) -> None:
     """The token ids in the files must fit the embedding; meta.json says how many there are."""
-    meta = read_meta(data_dir)
-    if meta is not None:
-        needed = meta.get("vocab_size", 0)
-        if needed > vocab_size:
-            raise ValueError(f"{data_dir} holds ids up to {needed - 1}, but --vocab-size is "
-                             f"{vocab_size}; use --vocab-size {needed} or more "
-                             f"({PADDED_VOCAB_SIZE} for GPT-2)")
+    check_vocabulary(data_dir, vocab_size, "--vocab-size", f" ({PADDED_VOCAB_SIZE} for GPT-2)")
 
 
 def main(argv=None):

@@ -38,7 +38,7 @@ from shared import checks, distributed, speedups
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.data import get_batch
 from shared.files import exclusive_folder
-from shared.token_files import load_tokens
+from shared.token_files import check_vocabulary, load_tokens
 from shared.device import get_device
 
 
@@ -291,7 +291,9 @@ def _check_data(model, splits, cfg):
     checks.check_window(cfg.block_size, getattr(model, "context_length", None), "block_size")
     vocab_size = getattr(model, "cfg", {}).get("vocab_size")
     for name, data in splits.items():
-        checks.check_token_array(data, vocab_size, f"the {name} split")
+        path = getattr(data, "filename", None)  # a token file: its meta.json knows the largest id
+        known = vocab_size is not None and path and check_vocabulary(Path(path).parent, vocab_size)
+        checks.check_token_array(data, None if known else vocab_size, f"the {name} split")
     for name, data in splits.items():
         if len(data) < cfg.block_size + 1:
             raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "

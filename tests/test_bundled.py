@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from nbrun import REPO
-from shared.prepare_tinystories import EOT_LINES, iter_stories, story_separator
+from shared.stories import EOT_LINES, iter_stories, story_separator
 
 BUNDLED = REPO / "bundled"
 EXCERPTS = {  # file: (SHA-256, stories)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shared.data import get_batch
-from shared.token_files import load_tokens
+from shared.token_files import FORMAT_VERSION, load_tokens
 
 
 @pytest.fixture
@@ -89,7 +89,8 @@ def test_load_tokens_reads_dtype_from_meta_json(tmp_path):
     data = np.array([70000, 1, 2, 100000, 5], dtype=np.uint32)  # ids a 16-bit file could not hold
     data.tofile(tmp_path / "train.bin")
     (tmp_path / "meta.json").write_text(json.dumps(
-        {"dtype": "uint32", "splits": {"train": {"file": "train.bin", "tokens": 5}}}))
+        {"format": FORMAT_VERSION, "dtype": "uint32",
+         "splits": {"train": {"file": "train.bin", "tokens": 5}}}))
     tokens = load_tokens(tmp_path / "train.bin")
     assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint32 and tokens.mode == "r"
     assert tokens.tolist() == data.tolist()
@@ -98,7 +99,8 @@ def test_load_tokens_reads_dtype_from_meta_json(tmp_path):
 def test_load_tokens_rejects_a_file_that_disagrees_with_meta_json(tmp_path):
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
     (tmp_path / "meta.json").write_text(json.dumps(
-        {"dtype": "uint16", "splits": {"train": {"file": "train.bin", "tokens": 120}}}))
+        {"format": FORMAT_VERSION, "dtype": "uint16",
+         "splits": {"train": {"file": "train.bin", "tokens": 120}}}))
     with pytest.raises(ValueError, match=r"holds 100 tokens but .*meta.json says 120"):
         load_tokens(tmp_path / "train.bin")
 
@@ -131,7 +133,7 @@ def test_meta_json_not_a_utf8_json_object_says_to_re_run_prepare(tmp_path, conte
 def test_hand_edited_meta_json_says_what_is_wrong(tmp_path, meta, problem):
     """Valid JSON with wrong fields: not an AttributeError or KeyError from inside load_tokens."""
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "meta.json").write_text(json.dumps({"format": FORMAT_VERSION, **meta}))
     with pytest.raises(ValueError, match=rf"meta.json: {re.escape(problem)}.*re-run `python -m "
                                          r"shared.prepare_tinystories`"):
         load_tokens(tmp_path / "train.bin")
@@ -152,6 +154,28 @@ def test_load_tokens_rejects_missing_empty_and_odd_sized_files(tmp_path):
     (tmp_path / "odd.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(ValueError, match="3 bytes"):
         load_tokens(tmp_path / "odd.bin")
+
+
+def test_the_vocabulary_meta_json_records_is_what_training_checks(tmp_path):
+    """train() takes a token file's largest id from meta.json (one check, shared with
+    train_tinystories): ids that would fit a 20-row model are still refused when meta.json says
+    the files hold GPT-2's 50257, and the message names meta.json's number."""
+    from shared.model import GPT_CONFIG_124M, GPTModel
+    from shared.trainer import TrainConfig, train
+
+    ids = np.arange(200, dtype=np.uint16) % 20
+    for split in ("train", "val"):
+        ids.tofile(tmp_path / f"{split}.bin")
+    (tmp_path / "meta.json").write_text(json.dumps(
+        {"format": FORMAT_VERSION, "vocab_size": 50257, "dtype": "uint16",
+         "splits": {s: {"file": f"{s}.bin", "tokens": 200} for s in ("train", "val")}}))
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    with pytest.raises(ValueError, match=r"ids up to 50256 \(meta.json\).*vocab_size is 20"):
+        train(model, tmp_path / "train.bin", tmp_path / "val.bin", cfg, tmp_path / "out",
+              progress=False)
+    assert not (tmp_path / "out" / "last.pt").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from fake_http import FakeServer, local_only
-from shared import prepare_tinystories
-from shared.prepare_tinystories import (EOT_LINES, PREFIX_SLACK, SAMPLE_FILES, iter_stories, prepare,
-                                        story_separator)
+from shared import tinystories_sources
+from shared.prepare_tinystories import prepare
+from shared.stories import EOT_LINES, iter_stories
+from shared.tinystories_sources import PREFIX_SLACK, SAMPLE_FILES
 from shared.token_files import load_tokens
 from shared.tokenizer import EOT_ID
 
@@ -44,9 +45,9 @@ def official(monkeypatch, tmp_path):
     bundled excerpts), with LLM_MIRROR unset so nothing else can serve them."""
     local_only(monkeypatch)
     with FakeServer() as server:
-        for split, name in prepare_tinystories.OFFICIAL_FILES.items():
+        for split, name in tinystories_sources.OFFICIAL_FILES.items():
             server.files[f"/{name}"] = SAMPLE_FILES[split].read_bytes()
-        monkeypatch.setattr(prepare_tinystories, "BASE_URL", server.base + "/")
+        monkeypatch.setattr(tinystories_sources, "BASE_URL", server.base + "/")
         yield server
 
 
@@ -56,7 +57,7 @@ def test_max_mb_downloads_only_a_prefix_and_keeps_whole_stories(official, tmp_pa
         official.ignore_range.update(official.files)
     max_mb = 0.1  # 104,857 bytes of a ~400 KB training file
     meta = prepare(tmp_path / "ds", max_mb=max_mb)
-    train_name = "/" + prepare_tinystories.OFFICIAL_FILES["train"]
+    train_name = "/" + tinystories_sources.OFFICIAL_FILES["train"]
     whole = len(official.files[train_name])
     max_bytes = int(max_mb * 2**20)
     # only the prefix is asked for and kept (a server that ignores Range is read up to it; that it

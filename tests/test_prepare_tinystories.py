@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 import shared.prepare_tinystories as prep
+import shared.stories as st
+import shared.tinystories_sources as sources
+from shared import token_files
 from shared.token_files import load_tokens
 from shared.tokenizer import EOT_ID
 
@@ -32,7 +35,7 @@ OFFICIAL_TEXT = ("\n<|endoftext|>\n".join(OFFICIAL_STORIES)
 
 def reference_stories(text, separator):
     """Independent split: a regex over the whole text."""
-    pattern = r"\n[ \t]*<\|endoftext\|>[ \t]*\n" if separator == prep.EOT_LINES else r"\n[ \t]*\n"
+    pattern = r"\n[ \t]*<\|endoftext\|>[ \t]*\n" if separator == st.EOT_LINES else r"\n[ \t]*\n"
     parts = re.split(pattern, "\n" + text + "\n")
     return [p.strip() for p in parts if p.strip()]
 
@@ -40,7 +43,7 @@ def reference_stories(text, separator):
 def stories_line_by_line(text, separator):
     """The definition, read line by line as a text-mode file gives them: a line whose strip() is
     empty (blank lines) or is exactly <|endoftext|> (marker lines) ends a story."""
-    ends_story = "<|endoftext|>" if separator == prep.EOT_LINES else ""
+    ends_story = "<|endoftext|>" if separator == st.EOT_LINES else ""
     stories, lines = [], []
     for line in io.StringIO(text, newline=None):
         if line.strip() == ends_story:
@@ -72,7 +75,7 @@ def sample_run(tmp_path_factory, tinystories_sample):
     """The real sample prepared once with num_proc=1, in several rows."""
     out = tmp_path_factory.mktemp("sample1")
     mp = pytest.MonkeyPatch()
-    mp.setattr(prep, "CHUNK_BYTES", 30_000)  # rows of ~30 KB of text, written one by one
+    mp.setattr(st, "CHUNK_BYTES", 30_000)  # rows of ~30 KB of text, written one by one
     try:
         meta = prep.prepare(out, *tinystories_sample, num_proc=1)
     finally:
@@ -91,17 +94,17 @@ def test_sample_without_markers_is_split_at_blank_lines(tinystories_sample):
     for path in tinystories_sample:
         text = path.read_text(encoding="utf-8")
         assert "<|endoftext|>" not in text
-        assert prep.story_separator(path) == prep.BLANK_LINES
-        stories = list(prep.iter_stories(path))
-        assert stories == reference_stories(text, prep.BLANK_LINES)
+        assert st.story_separator(path) == st.BLANK_LINES
+        stories = list(st.iter_stories(path))
+        assert stories == reference_stories(text, st.BLANK_LINES)
         assert len(stories) > 100 and all("\n\n" not in s for s in stories)
 
 
 def test_official_format_is_split_at_endoftext_lines_only(official_files):
     train, _ = official_files
-    assert prep.story_separator(train) == prep.EOT_LINES
-    assert list(prep.iter_stories(train)) == OFFICIAL_STORIES  # blank lines stay inside stories
-    assert OFFICIAL_STORIES == reference_stories(OFFICIAL_TEXT, prep.EOT_LINES)
+    assert st.story_separator(train) == st.EOT_LINES
+    assert list(st.iter_stories(train)) == OFFICIAL_STORIES  # blank lines stay inside stories
+    assert OFFICIAL_STORIES == reference_stories(OFFICIAL_TEXT, st.EOT_LINES)
 
 
 @pytest.mark.parametrize("block_bytes", [1, 3, 13, 1 << 20])
@@ -109,18 +112,18 @@ def test_separator_found_wherever_the_blocks_cut(tmp_path, block_bytes):
     """The marker line is found when a block boundary cuts it, and text that merely contains
     the marker inside a line does not count."""
     path = tmp_path / "t.txt"
-    cases = {"one\n" * 5 + "  <|endoftext|> \r\ntwo\n": prep.EOT_LINES,
-             "one\n\ntwo <|endoftext|> in a line\n\nthree <|endoftext|>": prep.BLANK_LINES,
-             "one\n\n<|endoftext|>": prep.EOT_LINES,
+    cases = {"one\n" * 5 + "  <|endoftext|> \r\ntwo\n": st.EOT_LINES,
+             "one\n\ntwo <|endoftext|> in a line\n\nthree <|endoftext|>": st.BLANK_LINES,
+             "one\n\n<|endoftext|>": st.EOT_LINES,
              # Lone \r line ends, which a text-mode file (and split_stories) reads as newlines.
-             "one\rtwo\r <|endoftext|>\rthree\r": prep.EOT_LINES,
-             "one\r\rtwo <|endoftext|>\r": prep.BLANK_LINES,
+             "one\rtwo\r <|endoftext|>\rthree\r": st.EOT_LINES,
+             "one\r\rtwo <|endoftext|>\r": st.BLANK_LINES,
              # Whitespace that str.strip removes and bytes.strip does not.
-             "one\n\u00a0<|endoftext|>\u3000\ntwo\n": prep.EOT_LINES,
-             "one\n\x1c<|endoftext|>": prep.EOT_LINES}
+             "one\n\u00a0<|endoftext|>\u3000\ntwo\n": st.EOT_LINES,
+             "one\n\x1c<|endoftext|>": st.EOT_LINES}
     for text, expected in cases.items():
         path.write_bytes(text.encode("utf-8"))
-        assert prep.story_separator(path, block_bytes) == expected, (text, block_bytes)
+        assert st.story_separator(path, block_bytes) == expected, (text, block_bytes)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 50, 10**6])
@@ -128,17 +131,17 @@ def test_chunk_ranges_cut_only_between_stories(tmp_path, chunk_bytes):
     """The byte ranges the workers read cover the file end to end, and the stories read range by
     range are the file's stories: none cut, lost or repeated (multi-byte characters and CRLF
     line ends included)."""
-    texts = {prep.EOT_LINES: OFFICIAL_TEXT + "Émile saw a café — 猫.\r\n\r\nThe end.\n",
-             prep.BLANK_LINES: "Once — a café.\n\n\nTwo 猫\r\nlines.\r\n\r\nLast, no newline"}
+    texts = {st.EOT_LINES: OFFICIAL_TEXT + "Émile saw a café — 猫.\r\n\r\nThe end.\n",
+             st.BLANK_LINES: "Once — a café.\n\n\nTwo 猫\r\nlines.\r\n\r\nLast, no newline"}
     for separator, text in texts.items():
         path = tmp_path / "stories.txt"
         path.write_bytes(text.encode("utf-8"))
-        ranges = prep.chunk_ranges(path, separator, chunk_bytes)
+        ranges = st.chunk_ranges(path, separator, chunk_bytes)
         assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
-        stories = [s for r in ranges for s in prep.stories_in_range(path, *r, separator)]
+        stories = [s for r in ranges for s in st.stories_in_range(path, *r, separator)]
         assert stories == stories_line_by_line(text, separator), (separator, chunk_bytes)
-        assert list(prep.iter_stories(path, separator)) == stories
+        assert list(st.iter_stories(path, separator)) == stories
         assert len(stories) >= 3
         if chunk_bytes == 1:
             assert len(ranges) >= len(stories)  # every story in a row of its own
@@ -148,7 +151,7 @@ def test_text_that_is_not_utf8_is_named_with_its_byte_offset(official_files, tmp
                                                               monkeypatch):
     """A Latin-1 byte far into the file is met by a worker, in a range that starts far from
     byte 0: the error names the file and the byte's offset in it, not its offset in the range."""
-    monkeypatch.setattr(prep, "CHUNK_BYTES", 20)  # the bad byte lies in a later row
+    monkeypatch.setattr(st, "CHUNK_BYTES", 20)  # the bad byte lies in a later row
     latin1 = tmp_path / "latin1.txt"
     good = "A story.\n\n" * 10
     latin1.write_bytes(good.encode() + "Caf\xe9 story.\n".encode("latin-1"))
@@ -165,21 +168,21 @@ TRICKY_TEXT = ("\n \t\nOne\u00a0story\r\n\x0c\r\nstill one\u2028line \n\u00a0\u3
                "\n\n\nfive\n <|endoftext|>")
 
 
-@pytest.mark.parametrize("separator", [prep.BLANK_LINES, prep.EOT_LINES])
+@pytest.mark.parametrize("separator", [st.BLANK_LINES, st.EOT_LINES])
 def test_split_stories_follows_the_line_by_line_definition(separator):
     expected = stories_line_by_line(TRICKY_TEXT, separator)
     assert len(expected) >= 2
-    assert prep.split_stories(TRICKY_TEXT, separator) == expected
+    assert st.split_stories(TRICKY_TEXT, separator) == expected
     for text in ("", "\n\n", " <|endoftext|> \n", "only\n"):
-        assert prep.split_stories(text, separator) == stories_line_by_line(text, separator)
+        assert st.split_stories(text, separator) == stories_line_by_line(text, separator)
 
 
 def test_encode_stories_equals_encoding_each_story(tokenizer):
     """One tiktoken call per row gives exactly each story's encode_ordinary + 50256, also when a
     story holds the marker's text (encoded as ordinary text, never as the special token)."""
-    stories = prep.split_stories(TRICKY_TEXT, prep.BLANK_LINES) + OFFICIAL_STORIES[:2]
+    stories = st.split_stories(TRICKY_TEXT, st.BLANK_LINES) + OFFICIAL_STORIES[:2]
     for case in (stories, stories + OFFICIAL_STORIES[2:], [" padded story \n"], []):
-        got = prep.encode_stories(case)
+        got = st.encode_stories(case)
         assert got.dtype == np.uint16
         np.testing.assert_array_equal(got.astype(np.int64),
                                       reference_tokens([s.strip() for s in case], tokenizer))
@@ -190,7 +193,7 @@ def test_encode_stories_equals_encoding_each_story(tokenizer):
 def test_sample_tokens_equal_per_story_encoding_plus_one_eot(sample_run, tinystories_sample, tokenizer):
     out, meta = sample_run
     for split, path in zip(("train", "val"), tinystories_sample):
-        stories = reference_stories(path.read_text(encoding="utf-8"), prep.BLANK_LINES)
+        stories = reference_stories(path.read_text(encoding="utf-8"), st.BLANK_LINES)
         expected = reference_tokens(stories, tokenizer)
         tokens = np.asarray(load_tokens(out / f"{split}.bin")).astype(np.int64)
         np.testing.assert_array_equal(tokens, expected)
@@ -200,7 +203,7 @@ def test_sample_tokens_equal_per_story_encoding_plus_one_eot(sample_run, tinysto
         np.testing.assert_array_equal(eot_at, ends)
         info = meta["splits"][split]
         assert info["tokens"] == len(expected) and info["stories"] == len(stories)
-        assert info["story_separator"] == prep.BLANK_LINES
+        assert info["story_separator"] == st.BLANK_LINES
         assert info["source"]["bytes"] == path.stat().st_size
 
 
@@ -220,7 +223,7 @@ def test_official_format_marker_text_cannot_inject_a_special_token(official_file
     np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
     assert (tokens == EOT_ID).sum() == len(OFFICIAL_STORIES) == meta["splits"]["train"]["stories"]
     assert tokenizer.decode(tokens.tolist()).count("<|endoftext|>") == len(OFFICIAL_STORIES) + 1
-    assert meta["splits"]["train"]["story_separator"] == prep.EOT_LINES
+    assert meta["splits"]["train"]["story_separator"] == st.EOT_LINES
 
 
 def spy_on_num_proc(monkeypatch):
@@ -239,7 +242,7 @@ def test_num_proc_1_and_2_write_identical_files(sample_run, tinystories_sample, 
                                                 monkeypatch):
     out1, meta1 = sample_run
     # Rows of another size than sample_run's, and two workers for both splits.
-    monkeypatch.setattr(prep, "CHUNK_BYTES", 7_000)
+    monkeypatch.setattr(st, "CHUNK_BYTES", 7_000)
     monkeypatch.setattr(prep, "BYTES_PER_PROCESS", 1_000)
     seen = spy_on_num_proc(monkeypatch)
     meta2 = prep.prepare(tmp_path, *tinystories_sample, num_proc=2)
@@ -296,6 +299,30 @@ def test_damaged_meta_json_rebuilds(official_files, tmp_path, tokenizer, damage)
     np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
 
 
+@pytest.mark.parametrize("version", [1, None, token_files.FORMAT_VERSION + 1],
+                         ids=["older", "none", "newer"])
+def test_a_meta_json_of_another_format_is_refused_in_one_line_and_a_rerun_rebuilds(
+        official_files, tmp_path, version):
+    """A folder prepared by an older version (format 1: no build id, so train.bin and val.bin of
+    two builds could not be told apart) or a newer one is refused by every reader with one line
+    that says to re-run the preparation; doing so rebuilds it into files that load."""
+    out = tmp_path / "out"
+    prep.prepare(out, *official_files)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    meta.pop("build")
+    meta["format"] = version
+    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    for name in ("train.bin", "val.bin"):
+        with pytest.raises(ValueError) as info:
+            load_tokens(out / name)
+        message = str(info.value)
+        assert "\n" not in message and f"format {version}" in message
+        assert "re-run `python -m shared.prepare_tinystories`" in message
+    rebuilt = prep.prepare(out, *official_files)  # the advice, followed
+    assert rebuilt["format"] == token_files.FORMAT_VERSION and rebuilt["build"]
+    assert load_tokens(out / "train.bin").size == rebuilt["splits"]["train"]["tokens"]
+
+
 def test_changed_input_rebuilds(official_files, tmp_path, tokenizer):
     out = tmp_path / "out"
     prep.prepare(out, *official_files)
@@ -303,7 +330,7 @@ def test_changed_input_rebuilds(official_files, tmp_path, tokenizer):
     meta = prep.prepare(out, *official_files)
     tokens = np.asarray(load_tokens(out / "val.bin")).astype(np.int64)
     np.testing.assert_array_equal(tokens, reference_tokens(["A brand new story."], tokenizer))
-    assert meta["splits"]["val"]["story_separator"] == prep.BLANK_LINES
+    assert meta["splits"]["val"]["story_separator"] == st.BLANK_LINES
 
 
 def crash_on_second_row(monkeypatch):
@@ -315,7 +342,7 @@ def crash_on_second_row(monkeypatch):
             raise RuntimeError("simulated crash while writing")
         return real(rows)
     monkeypatch.setattr(prep, "row_tokens", flaky)
-    monkeypatch.setattr(prep, "CHUNK_BYTES", 1)  # one row per story
+    monkeypatch.setattr(st, "CHUNK_BYTES", 1)  # one row per story
 
 
 def test_crash_mid_rebuild_keeps_the_old_dataset_and_rerun_completes(official_files, tmp_path,
@@ -352,13 +379,13 @@ def test_download_source_goes_through_the_mirror(official_files, tmp_path, monke
     out = tmp_path / "out"
     meta = prep.prepare(out)
     assert (out / "TinyStories-train.txt").read_text(encoding="utf-8") == OFFICIAL_TEXT
-    assert meta["splits"]["train"]["source"]["url"] == prep.BASE_URL + "TinyStories-train.txt"
+    assert meta["splits"]["train"]["source"]["url"] == sources.BASE_URL + "TinyStories-train.txt"
     tokens = np.asarray(load_tokens(out / "train.bin")).astype(np.int64)
     np.testing.assert_array_equal(tokens, reference_tokens(OFFICIAL_STORIES, tokenizer))
     before = file_state(out)
     prep.prepare(out)
     assert file_state(out) == before
-    for name in prep.OFFICIAL_FILES.values():  # text deleted after preparing: no new download
+    for name in sources.OFFICIAL_FILES.values():  # text deleted after preparing: no new download
         (out / name).unlink()
     prep.prepare(out)
     assert file_state(out) == before and not (out / "TinyStories-train.txt").exists()
@@ -396,14 +423,14 @@ def test_hf_source_takes_one_story_per_row(tmp_path, monkeypatch, tokenizer):
     asked = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: asked.append(name) or hub)
     meta = prep.prepare(tmp_path, source="hf", num_proc=1)
-    assert asked == [prep.HF_DATASET]
+    assert asked == [sources.HF_DATASET]
     expected = ["Story one.\n\nIt has two paragraphs.", "Story <|endoftext|> two."]  # empty row dropped
     tokens = np.asarray(load_tokens(tmp_path / "train.bin")).astype(np.int64)
     np.testing.assert_array_equal(tokens, reference_tokens(expected, tokenizer))
     assert meta["splits"]["train"]["stories"] == 2 and meta["splits"]["val"]["stories"] == 1
     before = file_state(tmp_path)
     prep.prepare(tmp_path, source="hf")  # the same hub dataset: nothing to do, not even loading it
-    assert file_state(tmp_path) == before and asked == [prep.HF_DATASET]
+    assert file_state(tmp_path) == before and asked == [sources.HF_DATASET]
 
 
 # --- a slice: the first MB of each file -----------------------------------------------------------
@@ -423,7 +450,7 @@ def test_max_mb_keeps_the_first_stories_up_to_the_slice(tinystories_sample, tmp_
                                                         where):
     train, val = tinystories_sample
     raw = train.read_bytes()
-    stories = reference_stories(raw.decode("utf-8"), prep.BLANK_LINES)
+    stories = reference_stories(raw.decode("utf-8"), st.BLANK_LINES)
     ends = story_end_offsets(raw, stories)
     k = len(stories) // 3
     # a slice that ends right after story k keeps stories 0..k; a slice that reaches a few bytes
@@ -486,14 +513,14 @@ def test_a_full_disk_during_a_rebuild_keeps_the_old_dataset(official_files, tmp_
     prep.prepare(out, *official_files)
     before = file_state(out)
     official_files[0].write_text(OFFICIAL_TEXT + "One more story.\n", encoding="utf-8")
-    real_write = prep.write_tokens
+    real_write = token_files.write_tokens
 
-    def disk_fills_on_val(tokenized, path):
+    def disk_fills_on_val(chunks, path, total):
         if path.name == "val.bin":  # train.bin of the new run is already written by now
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(tokenized, path)
+        return real_write(chunks, path, total)
 
-    monkeypatch.setattr(prep, "write_tokens", disk_fills_on_val)
+    monkeypatch.setattr(token_files, "write_tokens", disk_fills_on_val)
     with pytest.raises(SystemExit) as info:
         prep.main(["--train-file", str(official_files[0]), "--val-file", str(official_files[1]),
                    "--out-dir", str(out), "--num-proc", "1"])
@@ -604,3 +631,46 @@ def test_killing_the_parent_leaves_no_worker_running(tinystories_sample, tmp_pat
     for p in alive:
         p.kill()
     assert alive == [], f"{len(alive)} worker(s) still running after the parent was killed"
+
+
+# Runs in a fresh interpreter: import the preparation modules, then fork with this process marked
+# as a pool's parent (what tokenize() sets while its workers start). A fork hook registered by the
+# import would ask Linux to kill the child with its parent (PR_SET_PDEATHSIG), which the child reads
+# back with PR_GET_PDEATHSIG. Then the hook is registered as the first pool registers it, and the
+# same fork must show it: the probe can see a hook.
+FORK_PROBE = """
+import ctypes, os, sys
+import shared.prepare_tinystories as p, shared.stories, shared.token_files, shared.tinystories_sources
+
+def death_signal_of_a_forked_child():
+    p._POOL_PARENT = os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        sig = ctypes.c_int(-1)
+        ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+        os.write(write, str(sig.value).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    p._POOL_PARENT = None
+    return int(os.read(read, 16))
+
+after_import = death_signal_of_a_forked_child()
+p._register_fork_hook()
+print(after_import, death_signal_of_a_forked_child())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_importing_the_preparation_registers_no_fork_hook():
+    """A notebook or test that only imports the preparation forks as before: the workers' hook is
+    registered when the first worker pool starts, not at import."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(prep.__file__).resolve().parents[1])}
+    probe = subprocess.run([sys.executable, "-c", FORK_PROBE], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-500:]
+    after_import, after_registering = map(int, probe.stdout.split())
+    assert after_import == 0, "importing the module registered a fork hook"
+    assert after_registering == signal.SIGKILL

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from shared import train_tinystories
 from shared.config import MODEL_SWITCHES
 from shared.data import get_batch
-from shared.token_files import load_tokens
+from shared.token_files import FORMAT_VERSION, load_tokens
 from shared.files import FolderInUse
 from shared.model import GPTModel, count_parameters
 from shared.tokenizer import EOT_ID, GPT2_VOCAB_SIZE
@@ -43,7 +43,8 @@ def data_dir(tinystories_sample, tokenizer, tmp_path_factory):
         ids = [t for story in stories for t in tokenizer.encode_ordinary(story) + [EOT_ID]]
         np.array(ids, dtype=np.uint16).tofile(folder / f"{split}.bin")
         splits[split] = {"file": f"{split}.bin", "tokens": len(ids)}
-    meta = {"vocab_size": GPT2_VOCAB_SIZE, "eot_id": EOT_ID, "dtype": "uint16", "splits": splits}
+    meta = {"format": FORMAT_VERSION, "vocab_size": GPT2_VOCAB_SIZE, "eot_id": EOT_ID,
+            "dtype": "uint16", "splits": splits}
     (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return folder
 
@@ -97,8 +98,9 @@ def test_padded_vocabulary_is_one_named_constant(tmp_path, monkeypatch):
     help_text = " ".join(parser.format_help().split())
     assert "vocab 51200" in help_text and "(default: 51200)" in help_text
     assert "50304" not in help_text
-    (tmp_path / "meta.json").write_text(json.dumps({"vocab_size": GPT2_VOCAB_SIZE}))
-    with pytest.raises(ValueError, match=r"--vocab-size 50257 or more \(51200 for GPT-2\)"):
+    (tmp_path / "meta.json").write_text(json.dumps({"format": FORMAT_VERSION,
+                                                    "vocab_size": GPT2_VOCAB_SIZE}))
+    with pytest.raises(ValueError, match=r"--vocab-size must be 50257 or more \(51200 for GPT-2\)"):
         train_tinystories._check_vocabulary(tmp_path, 1000)
 
 
