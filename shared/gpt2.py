@@ -318,9 +318,9 @@ def missing_weights_note(model_size: str, models_dir, error: Exception) -> str:
             f"These cells need the checkpoint's seven files ({', '.join(GPT2_FILES)}) from "
             f"{GPT2_MODELS_URL}/{model_size}/. Run with a network; or copy the files into "
             f"{folder}/; or set LLM_MIRROR to a folder that holds them as "
-            f"openaipublic.blob.core.windows.net/gpt-2/models/{model_size}/<file> (README, "
-            "'Working offline'). Then run the notebook again. Until then every cell that uses "
-            "GPT-2 is skipped, and the rest of the notebook runs.")
+            f"openaipublic.blob.core.windows.net/gpt-2/models/{model_size}/<file> "
+            "(docs/running.md, 'Working offline'). Then run the notebook again. Until then every "
+            "cell that uses GPT-2 is skipped, and the rest of the notebook runs.")
 
 
 # ---------------------------------------------------------------------------------------------

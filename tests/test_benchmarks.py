@@ -243,10 +243,10 @@ def test_gpu_modes_run_on_the_cpu(capsys):
                 number(r["tokens/s"]) / hf_rate, rel=0.02), (mode, r["model"])
 
 
-# --- missing sample data is one line before any work (issue 23, class 6) -----------------------------
+# --- missing sample data is one line before any work ----------------------------------------------
 
 def test_missing_sample_data_stops_the_runner_before_any_benchmark_runs(tmp_path, monkeypatch, capsys):
-    """bench_data runs last: its missing files used to surface after minutes of the others' work."""
+    """bench_data runs last, so its missing files are checked before the other benchmarks start."""
     import benchmarks.bench_data
 
     monkeypatch.setattr(benchmarks.bench_data, "SAMPLE_DIR", tmp_path / "no-such-folder")

@@ -180,7 +180,7 @@ def test_save_refuses_subclasses_the_loader_refuses(tmp_path, value, kind):
     assert load_checkpoint(tmp_path / "ok.pt", torch.nn.Linear(2, 2)) == {"cfg": {"a": 1}}
 
 
-# --- all or nothing, one-line errors (issue 15, point 6 and the checkpoint half of point 1) ---------
+# --- all or nothing, one-line errors --------------------------------------------------------------
 
 def snapshot(model, optimizer=None):
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -333,7 +333,7 @@ def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(existing
             assert load_checkpoint(path, torch.nn.Linear(4, 4)) == {"step": 1}
 
 
-# --- what a checkpoint records is compared before anything loads (issue 23, class 5) ----------------
+# --- what a checkpoint records is compared before anything loads ----------------------------------
 
 @pytest.mark.parametrize("saved, here, key", [
     ({"num_heads": 4}, {"num_heads": 2}, "num_heads"),         # the same shapes, other logits

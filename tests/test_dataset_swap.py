@@ -1,4 +1,4 @@
-"""A dataset that cannot change under a run (issue 23, class 4).
+"""A dataset that cannot change under a run.
 
 Each test causes the real fault: `prepare_tinystories` really rebuilds the data folder while a run
 reads it, or is really killed (SIGKILL) between the two renames that swap a rebuild in.

@@ -183,7 +183,7 @@ def test_get_the_verdict_from_real_mirror(tmp_path, monkeypatch):
     assert get_the_verdict(tmp_path / "data") == path
 
 
-# --- what arrived is checked before it gets the final name (issue 15, point 5) ---------------------
+# --- what arrived is checked before it gets the final name ----------------------------------------
 
 def test_an_html_page_served_with_200_never_lands(server, tmp_path):
     server.files["/files/a.bin"] = b"<!DOCTYPE html>\n<html><body>Please sign in</body></html>"

@@ -1,4 +1,4 @@
-"""Downloads that cannot land half-right (issue 23, class 3): each test causes the fault for real,
+"""Downloads that cannot land half-right: each test causes the fault for real,
 with a server on 127.0.0.1 that misbehaves, or with processes that race."""
 import hashlib
 import os

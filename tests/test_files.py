@@ -83,7 +83,7 @@ def test_a_failure_before_the_block_leaves_no_temporary(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# --- exclusive_folder: one writer per folder, the kernel's lock (issue 23, class 1) ----------------
+# --- exclusive_folder: one writer per folder, the kernel's lock -----------------------------------
 
 import multiprocessing  # noqa: E402
 import signal  # noqa: E402

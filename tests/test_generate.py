@@ -202,7 +202,7 @@ def test_ids_on_another_device_than_the_model_are_refused_at_the_edge():
         generate(model, idx, max_new_tokens=2, context_size=16)
 
 
-# --- values the loop cannot take, refused at the edge (issue 23, class 6) ----------------------------
+# --- values the loop cannot take, refused at the edge ---------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-30, 5e-7])
 def test_a_temperature_so_small_that_the_logits_overflow_is_refused(model, temperature):

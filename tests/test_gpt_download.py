@@ -95,7 +95,7 @@ def test_reads_every_array_without_tensorflow_and_writes_nothing_beside_it(mirro
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
                     reason="needs POSIX permissions that apply (root ignores them)")
 def test_a_read_only_folder_of_complete_files_loads(mirror, fake_mirror, tmp_path):
-    """Issue 15, point 8: nothing is written beside complete files, so read-only is fine."""
+    """Nothing is written beside complete files, so a read-only models folder loads as it is."""
     _, tf_vars = fake_mirror
     download_and_load_gpt2("124M", tmp_path, progress=False)
     model_dir = tmp_path / "124M"
@@ -186,7 +186,7 @@ def test_command_line_failed_download_is_one_message_without_traceback(tmp_path)
 
 
 def test_command_line_os_error_is_one_line(tmp_path):
-    """A file where the models folder should be (issue 15, point 7)."""
+    """A file where the models folder should be."""
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": str(tmp_path / "empty-mirror")}

@@ -208,7 +208,7 @@ def test_loss_at_init_is_ln_vocab(initial_loss):
     ({"num_heads": 0}, "num_heads must be a positive integer"),
     ({"vocab_size": 0}, "vocab_size must be a positive integer"),
     ({"emb_dim": 16.0}, "emb_dim must be a positive integer"),
-    # meaningless numbers that would build a model and then train to NaN (issue 15, point 4)
+    # meaningless numbers that would build a model and then train to NaN
     ({"pos_encoding": "rope", "rope_theta": 0.0}, "rope_theta must be a finite number > 0"),
     ({"pos_encoding": "rope", "rope_theta": float("inf")}, "rope_theta must be a finite"),
     ({"drop_rate": 1.0}, r"drop_rate must be in \[0, 1\)"),

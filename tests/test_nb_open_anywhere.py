@@ -79,3 +79,45 @@ def test_the_bare_kernel_cannot_import_shared_on_its_own(tmp_path, bare_kernel):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match="No module named 'shared'"):
         execute(probe, bare_kernel, tmp_path)
+
+
+NOTEBOOKS = sorted(p.relative_to(REPO).as_posix() for p in
+                   [*REPO.glob("*.ipynb"), *REPO.glob("chapters/*.ipynb")])
+
+
+def path_finder(name):
+    """The statements of the notebook's first import cell up to the loop that puts a folder on
+    sys.path: what runs before its first `import shared`."""
+    import ast
+
+    code = [c for c in nbformat.read(str(REPO / name), as_version=4).cells if c.cell_type == "code"]
+    source = next(c.source for c in code if "import shared" in c.source)
+    kept = []
+    for node in ast.parse(source).body:
+        kept.append(ast.get_source_segment(source, node))
+        if isinstance(node, ast.For) and "sys.path.insert" in kept[-1]:
+            return "\n".join(kept)
+    raise AssertionError(f"{name}: no loop puts a folder on sys.path before `import shared`")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_finds_shared_from_its_folder_without_an_install(name, tmp_path):
+    """Run each notebook's lines before its first `import shared` in a bare interpreter (-S: no
+    site-packages, no .pth hook; -I: not even the working directory on the path), in the folder
+    where Jupyter starts the notebook (its folder in a copy of the repository), then import shared:
+    it must come from the copy. Without those lines the same interpreter finds no shared."""
+    import subprocess
+
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "shared", clone / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    folder = (clone / name).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = "import shared; print(shared.__file__)"
+
+    def run(code):
+        return subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=folder,
+                              capture_output=True, text=True, timeout=60)
+    found = run(path_finder(name) + "\n" + probe)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(clone / "shared" / "__init__.py")
+    assert "No module named 'shared'" in run(probe).stderr

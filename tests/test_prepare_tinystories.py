@@ -504,7 +504,7 @@ def test_a_slice_of_the_hub_dataset_is_refused_and_the_cli_explains(official_fil
     assert "argument --max-mb: must be a finite number > 0, got '0'" in capsys.readouterr().err
 
 
-# --- faults: a full disk, two runs, a killed parent (issue 15, points 1, 2, 3 and 7) -----------------
+# --- faults: a full disk, two runs, a killed parent -----------------------------------------------
 
 def test_a_full_disk_during_a_rebuild_keeps_the_old_dataset(official_files, tmp_path, monkeypatch,
                                                             capsys):

@@ -151,7 +151,7 @@ def test_os_errors_are_one_line(tokenizer, tmp_path, capsys):
     assert message.startswith("error: ") and "\n" not in message and "not-a-folder" in message
 
 
-# --- every failure is one line (issue 23, class 6): the command line, in a real process ------------
+# --- every failure is one line: the command line, in a real process -------------------------------
 
 def run_sample(fake, *args, stdout=subprocess.PIPE):
     env, models, _ = fake

@@ -103,7 +103,7 @@ def test_token_ids_to_text_names_an_id_outside_the_vocabulary(tokenizer, bad):
 
 def test_a_damaged_cached_tokenizer_file_is_fetched_again(tmp_path, monkeypatch):
     """A wrong encoder.json in the cache would make tiktoken's hash check fail on every run;
-    get_tokenizer replaces it from the mirror instead (issue 15, point 5)."""
+    get_tokenizer replaces it from the mirror instead."""
     import os
     from shared import tokenizer as tok
 

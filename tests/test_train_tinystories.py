@@ -254,7 +254,7 @@ def test_ddp_averages_gradients_across_ranks(data_dir, tmp_path):
     assert history["grad_norms"] != pytest.approx(alone_norms, rel=1e-3)
 
 
-# --- the edge: flags, hyperparameters and the out-dir lock (issue 15, points 2, 4 and 7) -------------
+# --- the edge: flags, hyperparameters and the out-dir lock ----------------------------------------
 
 @pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--weight-decay", "nan"),
                                          ("--grad-clip", "inf"), ("--rope-theta", "0"),
@@ -333,7 +333,7 @@ def test_cli_damaged_checkpoint_is_one_line_but_a_bug_keeps_its_traceback(data_d
         runpy.run_module("shared.train_tinystories", run_name="__main__")
 
 
-# --- every failure is one line (issue 23, class 6): the command line, in a real process ------------
+# --- every failure is one line: the command line, in a real process -------------------------------
 
 def run_cli(args, env_changes=None, drop=()):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_changes or {})}

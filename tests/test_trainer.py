@@ -328,7 +328,7 @@ def test_train_leaves_the_models_embedding_as_it_found_it(tmp_path):
     optimizer.step()  # AdamW would refuse a sparse gradient
 
 
-# --- one writer per out_dir (issue 23, class 1) -----------------------------------------------------
+# --- one writer per out_dir -----------------------------------------------------------------------
 
 def test_train_into_a_folder_another_process_holds_is_refused(tmp_path):
     """Two notebook runs into one folder would swap each other's best.pt and last.pt."""
@@ -349,7 +349,7 @@ def test_train_into_a_folder_another_process_holds_is_refused(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
 
 
-# --- resumes that do what they say (issue 23, class 5) ------------------------------------------------
+# --- resumes that do what they say ----------------------------------------------------------------
 
 def _first_half(verdict_bins, out, **overrides):
     """4 steps of an 8-step schedule into `out`; returns the config of the whole run."""
