@@ -1,6 +1,7 @@
 """The reference: Hugging Face's GPT2LMHeadModel with the same shape, and our weights copied into it."""
 import torch
 
+from shared.config import non_gpt2_switches, with_defaults
 from shared.model import GPTModel
 from shared.tokenizer import EOT_ID
 
@@ -20,7 +21,7 @@ def hf_gpt2(cfg: dict, attn_implementation: str = "sdpa"):
         vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
         n_layer=cfg["num_layers"], n_head=cfg["num_heads"], resid_pdrop=cfg["drop_rate"],
         embd_pdrop=cfg["drop_rate"], attn_pdrop=cfg["drop_rate"], layer_norm_epsilon=1e-5,
-        activation_function="gelu_new", tie_word_embeddings=cfg.get("tie_weights", False),
+        activation_function="gelu_new", tie_word_embeddings=with_defaults(cfg)["tie_weights"],
         bos_token_id=end_of_text, eos_token_id=end_of_text,
         attn_implementation=attn_implementation)
     return GPT2LMHeadModel(config)
@@ -28,13 +29,12 @@ def hf_gpt2(cfg: dict, attn_implementation: str = "sdpa"):
 
 def check_gpt2_layout(cfg: dict) -> None:
     """Only a GPT-2-shaped GPTModel has a Hugging Face twin."""
-    wrong = {key: cfg.get(key, default) for key, default, want in [
-        ("qkv_bias", False, True), ("norm", "layernorm", "layernorm"),
-        ("pos_encoding", "learned", "learned")]
-        if cfg.get(key, default) != want}
+    wrong = non_gpt2_switches(cfg)
+    if not cfg["qkv_bias"]:
+        wrong["qkv_bias"] = cfg["qkv_bias"]
     if wrong:
-        raise ValueError(f"GPT2LMHeadModel has qkv_bias=True, layernorm and learned positions; "
-                         f"this config has {wrong}")
+        raise ValueError(f"GPT2LMHeadModel has qkv_bias=True and GPT-2's own layout (the defaults "
+                         f"of shared/config.py's MODEL_SWITCHES); this config has {wrong}")
 
 
 @torch.no_grad()

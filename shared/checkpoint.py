@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from shared import checks
+from shared.config import MODEL_SWITCHES, with_defaults
 from shared.files import atomic_path
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
@@ -178,16 +179,15 @@ def _check_optimizer(path, payload, optimizer, model):
                     "shared.trainer.configure_optimizer)")
 
 
-# What a model's computation depends on, with GPTModel's defaults for the keys an older config
-# lacks. drop_rate and init are left out: dropout is a training choice, and the load overwrites
-# the initial weights.
-_ARCHITECTURE_DEFAULTS = {"norm": "layernorm", "pos_encoding": "learned", "rope_theta": 10000.0,
-                          "tie_weights": False}
-
-
 def _architecture(cfg: dict) -> dict:
+    """What a model's computation depends on: its sizes, qkv_bias and the switches that
+    MODEL_SWITCHES marks as architecture, with the table's defaults for the ones an older config
+    lacks. drop_rate and init are left out: dropout is a training choice, and the load overwrites
+    the initial weights."""
     arch = {key: cfg[key] for key in checks.SIZE_KEYS + ("qkv_bias",) if key in cfg}
-    arch.update({key: cfg.get(key, default) for key, default in _ARCHITECTURE_DEFAULTS.items()})
+    switches = with_defaults(cfg)
+    arch.update({key: switches[key] for key, switch in MODEL_SWITCHES.items()
+                 if switch.architecture})
     arch["tokenizer_vocab_size"] = cfg.get("tokenizer_vocab_size",
                                            min(cfg.get("vocab_size", 0), GPT2_VOCAB_SIZE))
     if arch["pos_encoding"] != "rope":

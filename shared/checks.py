@@ -13,9 +13,11 @@ import os
 import numpy as np
 import torch
 
+from shared.config import GPT_CONFIG_124M, MODEL_SWITCHES, with_defaults
+
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes 64 bits; the trainer adds ranks and restarts to it
 SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers")
-REQUIRED_KEYS = SIZE_KEYS + ("drop_rate", "qkv_bias")  # the keys of GPT_CONFIG_124M
+REQUIRED_KEYS = tuple(GPT_CONFIG_124M)  # the book's keys: sizes, drop_rate, qkv_bias
 
 
 def check_model_config(cfg: dict) -> None:
@@ -28,20 +30,28 @@ def check_model_config(cfg: dict) -> None:
             raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["emb_dim"] % cfg["num_heads"]:
         raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
-    for key, allowed in (("norm", ("layernorm", "rmsnorm")), ("pos_encoding", ("learned", "rope")),
-                         ("init", ("gpt2", "pytorch"))):
-        if cfg.get(key, allowed[0]) not in allowed:
-            raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
-    theta = cfg.get("rope_theta", 10000.0)
-    if not isinstance(theta, numbers.Real) or not math.isfinite(theta) or theta <= 0:
-        raise ValueError(f"rope_theta must be a finite number > 0, got {theta!r}")
     if not isinstance(cfg["drop_rate"], numbers.Real) or not 0 <= cfg["drop_rate"] < 1:
         raise ValueError(f"drop_rate must be in [0, 1), got {cfg['drop_rate']!r}")
-    if cfg.get("pos_encoding") == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
+    if not isinstance(cfg["qkv_bias"], (bool, np.bool_)):  # "False" from a file is true to Python
+        raise ValueError(f"qkv_bias must be True or False, got {cfg['qkv_bias']!r}")
+    for key, switch in MODEL_SWITCHES.items():
+        if key in cfg:
+            _check_switch(key, switch.allowed, cfg[key])
+    if with_defaults(cfg)["pos_encoding"] == "rope" and (cfg["emb_dim"] // cfg["num_heads"]) % 2:
         raise ValueError("RoPE rotates pairs of features: emb_dim / num_heads must be even")
-    for key in ("qkv_bias", "tie_weights"):  # "False" from a hand-written file is true to Python
-        if key in cfg and not isinstance(cfg[key], (bool, np.bool_)):
-            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
+
+
+def _check_switch(key, allowed, value) -> None:
+    """One of the values a MODEL_SWITCHES row allows (shared/config.py)."""
+    if allowed is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{key} must be True or False, got {value!r}")
+    elif allowed is float:
+        if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
+    elif value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
 
 
 def check_token_ids(idx, vocab_size=None, name="idx"):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from shared.config import non_gpt2_switches
 from shared.download import DownloadError, download_file
 from shared.model import GPT_CONFIG_124M
 from shared.tf_checkpoint import CheckpointFileError, load_variables
@@ -368,10 +369,10 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
         raise ValueError(f"the checkpoint has {len(params['blocks'])} transformer blocks, "
                          f"the model {len(gpt.trf_blocks)}; build the model with "
                          "config_from_hparams(settings)")
-    if (gpt.pos_emb is None or not isinstance(gpt.final_norm, nn.LayerNorm)
-            or any(block.att.W_query.bias is None for block in gpt.trf_blocks)):
-        raise ValueError("GPT-2 needs learned position embeddings, LayerNorm and qkv_bias=True; "
-                         "build the model with config_from_hparams(settings)")
+    not_gpt2 = non_gpt2_switches(gpt.cfg)  # e.g. RMSNorm or RoPE: arrays GPT-2 does not have
+    if not_gpt2 or any(block.att.W_query.bias is None for block in gpt.trf_blocks):
+        raise ValueError(f"GPT-2 needs qkv_bias=True and its own layout, not {not_gpt2}; build the "
+                         "model with config_from_hparams(settings)")
     _check_params(gpt, params)
 
     gpt.pos_emb.weight = assign(gpt.pos_emb.weight, params["wpe"])

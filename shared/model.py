@@ -1,14 +1,9 @@
 """GPTModel: GPT-2 as chapters 3-4 build it, plus the switches chapter 6 adds.
 
-The configuration dictionary decides the architecture:
-
-    vocab_size, context_length, emb_dim, num_heads, num_layers, drop_rate, qkv_bias  (GPT-2)
-    norm:            "layernorm" (GPT-2, default) or "rmsnorm"
-    pos_encoding:    "learned" (GPT-2, default) or "rope" (rotary embedding on queries and keys)
-    rope_theta:      base of the rotary frequencies, default 10000.0
-    tie_weights:     share the token embedding with the output head, default False
-
-With the defaults the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
+The configuration dictionary decides the architecture: the book's keys (GPT_CONFIG_124M) and the
+switches of shared/config.py's MODEL_SWITCHES table (norm, pos_encoding, rope_theta, tie_weights,
+init, ...), each with its default, allowed values and meaning. With every switch at its default
+the model is exactly GPT-2, so OpenAI's weights load into it (shared/gpt2.py).
 """
 import math
 
@@ -17,17 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared import checks
+from shared.config import GPT_CONFIG_124M, with_defaults  # noqa: F401 (GPT_CONFIG_124M: re-export)
 from shared.tokenizer import GPT2_VOCAB_SIZE
-
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,     # GPT-2's BPE vocabulary
-    "context_length": 1024,  # longest sequence the model attends over
-    "emb_dim": 768,          # width of the residual stream
-    "num_heads": 12,         # attention heads per layer
-    "num_layers": 12,        # transformer blocks
-    "drop_rate": 0.1,        # dropout on embeddings, attention weights and residual branches
-    "qkv_bias": False,       # bias in the query/key/value projections (OpenAI's GPT-2 has one)
-}
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
@@ -101,7 +87,8 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention through PyTorch's fused scaled_dot_product_attention."""
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False,
+                 qk_norm=False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
@@ -111,6 +98,12 @@ class MultiHeadAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads
+        # QK-norm as Qwen3 does it (transformers' models/qwen3/modeling_qwen3.py, Qwen3Attention):
+        # RMSNorm with a learned gain over each head's head_dim features, on the queries and on
+        # the keys, before RoPE. With unit gains a score q.k / sqrt(head_dim) is then at most
+        # sqrt(head_dim), however large the projections grow. Off: the identity.
+        self.q_norm = make_norm("rmsnorm", self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = make_norm("rmsnorm", self.head_dim) if qk_norm else nn.Identity()
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -119,8 +112,8 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, rope=None, kv_cache=None, layer_idx=0):
         B, T, _ = x.shape
         start_pos = kv_cache.length if kv_cache is not None else 0
-        q = self.split_heads(self.W_query(x))  # (B, H, T, head_dim)
-        k = self.split_heads(self.W_key(x))
+        q = self.q_norm(self.split_heads(self.W_query(x)))  # (B, H, T, head_dim)
+        k = self.k_norm(self.split_heads(self.W_key(x)))
         v = self.split_heads(self.W_value(x))
         if rope is not None:  # rotate queries and keys by their absolute positions
             q, k = rope(q, start_pos), rope(k, start_pos)
@@ -154,6 +147,42 @@ class FeedForward(nn.Module):
     def forward(self, x):
         return self.layers(x)
 
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The projection that writes into the residual stream."""
+        return self.layers[2]
+
+
+def swiglu_hidden_dim(emb_dim: int) -> int:
+    """2/3 of GPT-2's 4 * emb_dim, so that SwiGLU's three matrices hold as many weights as the
+    GELU MLP's two (3 * 8/3 = 2 * 4), rounded up to a multiple of 8 for the matmul kernels: the
+    rule of Meta's Llama code (llama/model.py, FeedForward), which rounds to 256 instead.
+    emb_dim 384 -> 1024, 768 -> 2048."""
+    return -(-(8 * emb_dim // 3) // 8) * 8
+
+
+class SwiGLUFeedForward(nn.Module):
+    """Llama's gated MLP: down(silu(gate(x)) * up(x)), without biases (Shazeer 2020, "GLU Variants
+    Improve Transformer"; names as in Hugging Face's LlamaMLP)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = swiglu_hidden_dim(cfg["emb_dim"])
+        self.gate_proj = nn.Linear(cfg["emb_dim"], hidden, bias=False)
+        self.up_proj = nn.Linear(cfg["emb_dim"], hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, cfg["emb_dim"], bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The projection that writes into the residual stream."""
+        return self.down_proj
+
+
+FEED_FORWARDS = {"gelu": FeedForward, "swiglu": SwiGLUFeedForward}  # cfg["ffn"] -> its class
+
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm1(x)), then x + ffn(norm2(x)).
@@ -164,12 +193,14 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        cfg = with_defaults(cfg)  # the switches it leaves out: shared/config.py's defaults
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
-            dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"])
-        self.ff = FeedForward(cfg)
-        self.norm1 = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
-        self.norm2 = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
+            dropout=cfg["drop_rate"], num_heads=cfg["num_heads"], qkv_bias=cfg["qkv_bias"],
+            qk_norm=cfg["qk_norm"])
+        self.ff = FEED_FORWARDS[cfg["ffn"]](cfg)
+        self.norm1 = make_norm(cfg["norm"], cfg["emb_dim"])
+        self.norm2 = make_norm(cfg["norm"], cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x, rope=None, kv_cache=None, layer_idx=0):
@@ -186,7 +217,7 @@ class GPTModel(nn.Module):
         checks.check_model_config(cfg)
         # Plain ints: the config is saved in checkpoints, which hold only plain Python types.
         self.cfg = {k: int(v) if k in checks.SIZE_KEYS else v for k, v in cfg.items()}
-        cfg = self.cfg
+        cfg = with_defaults(self.cfg)  # the switches it leaves out: shared/config.py's defaults
         self.context_length = cfg["context_length"]
         # Ids the tokenizer can produce; a padded vocabulary (50304) has rows no text maps to,
         # and generation never samples them.
@@ -194,22 +225,22 @@ class GPTModel(nn.Module):
                                             min(cfg["vocab_size"], GPT2_VOCAB_SIZE))
 
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        if cfg.get("pos_encoding", "learned") == "learned":
+        if cfg["pos_encoding"] == "learned":
             self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
             self.rope = None
         else:
             self.pos_emb = None
             self.rope = RotaryEmbedding(cfg["emb_dim"] // cfg["num_heads"], cfg["context_length"],
-                                        cfg.get("rope_theta", 10000.0))
+                                        cfg["rope_theta"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg["num_layers"]))
-        self.final_norm = make_norm(cfg.get("norm", "layernorm"), cfg["emb_dim"])
+        self.final_norm = make_norm(cfg["norm"], cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
-        if cfg.get("tie_weights", False):
+        if cfg["tie_weights"]:
             self.out_head.weight = self.tok_emb.weight
         # init="pytorch": every layer drew its PyTorch default above, in the book's order, so
         # torch.manual_seed(123) gives the book's weights; drawing them again would not.
-        if cfg.get("init", "gpt2") == "gpt2":
+        if cfg["init"] == "gpt2":
             self.reset_parameters()
 
     def reset_parameters(self):
@@ -223,7 +254,7 @@ class GPTModel(nn.Module):
         weights. With an untied head that too starts near ln(vocab_size); a tied head then holds
         the N(0, 1) embedding, and the initial loss explodes (chapter 6 shows it). The constructor
         keeps the draws it made; calling this method draws them again."""
-        if self.cfg.get("init", "gpt2") == "pytorch":
+        if with_defaults(self.cfg)["init"] == "pytorch":
             for module in self.modules():
                 if module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
@@ -237,7 +268,7 @@ class GPTModel(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.cfg["num_layers"])
         for block in self.trf_blocks:
             nn.init.normal_(block.att.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.ff.layers[2].weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ff.out_proj.weight, mean=0.0, std=residual_std)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for `batch_size` sequences of up to `max_len` (default: context) tokens."""

@@ -7,7 +7,8 @@
 The default model is the chapter's ~30M one, in its modern form (RoPE, RMSNorm): emb_dim 384,
 6 layers of 6 heads, the vocabulary padded to 50304 (PADDED_VOCAB_SIZE, a multiple of 64, for
 faster matmuls) and the output head tied to the token embedding, 29,952,384 parameters (the
-original run had 29,959,680).
+original run had 29,959,680). Each switch of shared/config.py's MODEL_SWITCHES is a flag
+(--norm, --pos-encoding, --rope-theta, --tie-weights, ...; see --help).
 With the defaults one step sees 32 x 512 = 16,384 tokens, and 20000 steps ~330M tokens.
 
 Every --eval-interval steps the run writes out_dir/best.pt (lowest val loss) and out_dir/last.pt;
@@ -41,6 +42,7 @@ from shared import checks
 from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, seed, stdout_may_close, writable_dir)
+from shared.config import MODEL_SWITCHES, with_defaults
 from shared.token_files import load_tokens, read_meta
 from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
@@ -66,10 +68,7 @@ def model_config(args) -> dict:
         "num_layers": args.num_layers,
         "drop_rate": args.dropout,
         "qkv_bias": False,
-        "norm": "rmsnorm",
-        "pos_encoding": "rope",
-        "rope_theta": args.rope_theta,
-        "tie_weights": args.tie_weights,
+        **{key: getattr(args, key) for key in MODEL_SWITCHES},
         "tokenizer_vocab_size": GPT2_VOCAB_SIZE,
     }
 
@@ -83,6 +82,26 @@ def train_config(args, device) -> TrainConfig:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_interval=args.eval_interval, eval_iters=args.eval_iters, patience=args.patience,
         seed=args.seed, device=str(device), amp=args.amp, compile=args.compile)
+
+
+# Chapter 6's modern model: every switch of shared/config.py's table is a flag (--norm,
+# --pos-encoding, ...) whose default is the table's, except these.
+CHAPTER6_SWITCHES = {"norm": "rmsnorm", "pos_encoding": "rope", "tie_weights": True}
+SWITCH_NOTES = {"tie_weights": "untied: 49,269,120 parameters at the default size"}
+
+
+def add_switch_flags(group) -> None:
+    """One flag per row of MODEL_SWITCHES, its choices and help from the table."""
+    for key, switch in MODEL_SWITCHES.items():
+        flag, default = "--" + key.replace("_", "-"), CHAPTER6_SWITCHES.get(key, switch.default)
+        text = switch.meaning + (f" ({SWITCH_NOTES[key]})" if key in SWITCH_NOTES else "")
+        if switch.allowed is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                               help=text)
+        elif switch.allowed is float:
+            group.add_argument(flag, type=positive_float, default=default, help=text)
+        else:
+            group.add_argument(flag, choices=switch.allowed, default=default, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out-dir", required=True, type=writable_dir, help="folder for best.pt and last.pt")
     io.add_argument("--resume", action="store_true", help="continue the run saved in out-dir/last.pt")
 
-    m = p.add_argument_group("model (on --resume: from last.pt; another size is refused)")
+    m = p.add_argument_group("model (on --resume: from last.pt; another size or switch is refused)")
     m.add_argument("--emb-dim", type=positive_int, default=384)
     m.add_argument("--num-layers", type=positive_int, default=6)
     m.add_argument("--num-heads", type=positive_int, default=6)
@@ -107,10 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"GPT-2's {GPT2_VOCAB_SIZE} ids padded up to a multiple of 64")
     m.add_argument("--dropout", type=probability, default=0.0,
                    help="TinyStories is large enough that a 30M model does not overfit it")
-    m.add_argument("--rope-theta", type=positive_float, default=10000.0)
-    m.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=True,
-                   help="share the token embedding with the output head (untied: 49,269,120 "
-                        "parameters at the default size)")
+    add_switch_flags(m)
 
     t = p.add_argument_group("training")
     t.add_argument("--block-size", type=positive_int, default=512, help="context length in tokens")
@@ -141,11 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --resume: the flags given on the command line either apply or are refused, never ignored.
-# The model comes from last.pt: a size flag given with another value is refused (--dropout
-# applies). A training flag left out takes last.pt's value; one given applies from the next step,
+# The model comes from last.pt: a size or switch flag given with another value is refused
+# (--dropout applies). A training flag left out takes last.pt's value; one given applies from the next step,
 # or shared.trainer refuses it (FIXED_ON_RESUME: batch, block size, accumulation, seed, eval-iters).
 MODEL_FLAGS = {"emb_dim": "emb_dim", "num_layers": "num_layers", "num_heads": "num_heads",
-               "vocab_size": "vocab_size", "rope_theta": "rope_theta", "tie_weights": "tie_weights"}
+               "vocab_size": "vocab_size", **{key: key for key in MODEL_SWITCHES}}
 TRAIN_FLAGS = {"max_iters": "max_iters", "batch_size": "batch_size", "block_size": "block_size",
                "grad_accum": "grad_accum_steps", "lr": "learning_rate", "min_lr": "min_lr",
                "warmup_iters": "warmup_iters", "lr_decay_iters": "lr_decay_iters",
@@ -185,11 +201,12 @@ def _resume_settings(args, given, last_path):
     """The model config of last.pt (a size flag that differs is refused); the training flags that
     were left out take last.pt's values, in place in `args`."""
     config, training = _saved_run(last_path)
+    saved = with_defaults(config)  # a switch the file leaves out has the table's default
     for dest, key in MODEL_FLAGS.items():
-        if dest in given and getattr(args, dest) != config.get(key):
+        if dest in given and getattr(args, dest) != saved.get(key):
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag} {getattr(args, dest)} on --resume: the run in {last_path} has "
-                             f"{key} {config.get(key)!r}, and a model's shape cannot change within "
+                             f"{key} {saved.get(key)!r}, and a model's shape cannot change within "
                              f"a run; leave {flag} out, or start a new run in another --out-dir")
     if "dropout" in given:
         config = {**config, "drop_rate": args.dropout}

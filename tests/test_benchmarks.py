@@ -14,6 +14,7 @@ from benchmarks.common import Target, markdown_table, time_alternating
 from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
 from shared.model import GPT_CONFIG_124M, GPTModel
 from shared.speedups import sparse_tied_embedding_grad
+from switches import one_switch_changed
 from weights import randomize_
 
 TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
@@ -59,8 +60,7 @@ def test_gradients_equal_hf_with_tied_and_untied_heads(tie_weights):
                                atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("change", [{"qkv_bias": False}, {"norm": "rmsnorm"},
-                                    {"pos_encoding": "rope"}])
+@pytest.mark.parametrize("change", [{"qkv_bias": False}, *one_switch_changed(gpt2_only=True)])
 def test_only_gpt2_layouts_have_an_hf_twin(change):
     with pytest.raises(ValueError, match="GPT2LMHeadModel has"):
         check_gpt2_layout(dict(TINY, **change))

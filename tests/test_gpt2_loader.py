@@ -13,6 +13,7 @@ from shared.generate import generate
 from shared.gpt2 import (GPT2_CONFIGS, assign, config_from_hparams, download_and_load_gpt2,
                          gpt2_config, load_weights_into_gpt)
 from shared.model import GPTModel, count_parameters
+from switches import one_switch_changed
 
 # Two small shapes, served as "124M" and "355M" (vocabulary kept at 50257 so real ids work).
 SHAPES = {
@@ -73,7 +74,8 @@ def test_block_count_and_architecture_are_checked():
     params = {"blocks": [{}] * cfg["num_layers"]}
     with pytest.raises(ValueError, match="3 transformer blocks, the model 2"):
         load_weights_into_gpt(GPTModel(cfg), {"blocks": [{}] * 3})
-    for change in ({"pos_encoding": "rope"}, {"norm": "rmsnorm"}, {"qkv_bias": False}):
+    # every switch value OpenAI's weights cannot have (shared/config.py's table), and no qkv bias
+    for change in one_switch_changed(gpt2_only=True) + [{"qkv_bias": False}]:
         with pytest.raises(ValueError, match="qkv_bias=True"):
             load_weights_into_gpt(GPTModel({**cfg, **change}), params)
 

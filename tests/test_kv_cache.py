@@ -15,6 +15,9 @@ CONFIGS = {
     "rope-rmsnorm": dict(pos_encoding="rope", norm="rmsnorm"),
     "rope-rmsnorm-tied": dict(pos_encoding="rope", norm="rmsnorm", tie_weights=True),
     "learned-layernorm-tied": dict(pos_encoding="learned", norm="layernorm", tie_weights=True),
+    "rope-rmsnorm-swiglu": dict(pos_encoding="rope", norm="rmsnorm", ffn="swiglu"),
+    "rope-rmsnorm-qknorm": dict(pos_encoding="rope", norm="rmsnorm", qk_norm=True),
+    "learned-layernorm-qknorm": dict(pos_encoding="learned", norm="layernorm", qk_norm=True),
 }
 
 

@@ -114,6 +114,11 @@ def test_ch02_solutions(tmp_path, monkeypatch, tokenizer, verdict_text):
         return total
     half = counts[0] / 2
     assert symbols_after(k) == printed < half <= symbols_after(k - 1)
+    # "the first merges pay the most": the first step of the table removes more symbols than the last
+    first_gain, last_gain = counts[0] - counts[1], counts[-2] - counts[-1]
+    assert first_gain > last_gain
+    assert (f"The first {p['merge_step']} merges remove {first_gain:,} symbols, "
+            f"the last {p['merge_step']} remove {last_gain:,}.") in text
 
 
 @pytest.mark.slow
@@ -144,6 +149,11 @@ def test_ch03_solutions(tmp_path, monkeypatch):
     mean = x.mean(axis=0)
     closer = (np.linalg.norm(soft(cos) @ x - mean, axis=1) < np.linalg.norm(soft(dot) @ x - mean, axis=1))
     assert f"closer to the mean input for {closer.sum()} of 6 rows" in text
+    # cosines differ by at most 2, so within a row no softmax weight exceeds e^2 times another
+    ratio = lambda w: (w.max(axis=1) / w.min(axis=1)).max()
+    assert ratio(soft(cos)) <= np.exp(2)
+    assert (f"largest weight / smallest weight in any row: cosine {ratio(soft(cos)):.2f} "
+            f"(at most e^2 = {np.exp(2):.2f}), dot product {ratio(soft(dot)):.2f}") in text
 
     # 3.2: a 0 in the future scores still gets e^0 of the weight
     future = np.triu(np.ones((6, 6), dtype=bool), k=1)
@@ -177,6 +187,15 @@ def test_ch04_solutions(tmp_path, monkeypatch):
     p = SMALL["ch04_gpt_model_solutions"]
     text, figures = run("ch04_gpt_model_solutions", tmp_path, monkeypatch)
     assert figures >= 2
+
+    # 4.1: AdamW keeps two numbers per parameter (plus a step count), read off PyTorch's optimizer
+    layer = torch.nn.Linear(3, 5)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    layer(torch.ones(2, 3)).sum().backward()
+    optimizer.step()
+    state = optimizer.state[layer.weight]
+    per_parameter = sum(t.numel() for t in state.values() if t.dim() > 0) / layer.weight.numel()
+    assert f"AdamW state: {per_parameter:.0f} numbers per parameter ({sorted(state)})" in text
 
     # 4.1 and 4.2: counts and shares of Hugging Face's GPT-2 at OpenAI's four sizes
     for size, hparams in REAL_HPARAMS.items():

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from shared import train_tinystories
+from shared.config import MODEL_SWITCHES
 from shared.data import get_batch
 from shared.token_files import load_tokens
 from shared.files import FolderInUse
@@ -62,6 +63,26 @@ def test_default_model_is_the_stated_30m(capsys):
         build_parser().parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert f"{tied:,}" in help_text and f"{untied:,}" in help_text
+
+
+@pytest.mark.parametrize("key", list(MODEL_SWITCHES))
+def test_every_model_switch_is_a_flag_with_the_tables_values(key):
+    """--norm, --pos-encoding, ...: one flag per switch of shared/config.py, each allowed value
+    reaching the model's config, any other refused with a usage line."""
+    switch, flag = MODEL_SWITCHES[key], "--" + key.replace("_", "-")
+    if switch.allowed is bool:
+        given = {(flag,): True, ("--no-" + flag[2:],): False}
+    elif switch.allowed is float:
+        given = {(flag, "12345.5"): 12345.5}
+    else:
+        given = {(flag, value): value for value in switch.allowed}
+    for argv, value in given.items():
+        args = build_parser().parse_args(["--data-dir", "d", "--out-dir", "o", *argv])
+        assert model_config(args)[key] == value
+    if isinstance(switch.allowed, tuple):
+        with pytest.raises(SystemExit) as usage_error:
+            build_parser().parse_args(["--data-dir", "d", "--out-dir", "o", flag, "bogus"])
+        assert usage_error.value.code == 2
 
 
 def test_padded_vocabulary_is_one_named_constant(tmp_path, monkeypatch):
