@@ -262,17 +262,31 @@ def test_runs_on_the_bundled_excerpt_and_every_check_passes(tmp_path, tokenizer,
     worse = sum(g > 0 for g in gaps)
     assert f"higher validation loss in {worse} of 2 seeds" in text
 
+    # 6: the ablation's baselines on the renumbered ids, recomputed from the prepared files
+    used = np.unique(np.concatenate([train, val]))
+    renumber = np.zeros(50304, dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    small_vocab = -(-len(used) // 64) * 64
+    assert f"the ablation's vocabulary: {small_vocab:,}" in text
+    small_bigram = shared_metrics().best_bigram_loss(renumber[train], renumber[val], small_vocab)[0]
+    printed = float(re.search(r"baselines on the renumbered ids: .* bigram ([\d.]+)", text).group(1))
+    assert math.isclose(printed, small_bigram, abs_tol=1e-3)
+
     # 6: the ablation table, and each verdict recomputed from it
     rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)), float(m.group(4)))
             for m in re.finditer(r"^(.+?)\s+([\d.]+) \(([\d.]+)-([\d.]+)\)\s+[\d.]+$", text, re.M)}
-    assert len(rows) == 4
-    base = rows["GPT-2 (LayerNorm, learned positions)"]
-    for name in ("RMSNorm", "RoPE", "RMSNorm + RoPE"):
-        lo, hi = rows[name][1:]
+    assert len(rows) == 6
+    gpt2 = "GPT-2 (LayerNorm, learned positions)"
+    references = {"RMSNorm": gpt2, "RoPE": gpt2, "RMSNorm + RoPE": gpt2,
+                  "RMSNorm + RoPE + SwiGLU": "RMSNorm + RoPE", "RMSNorm + RoPE + QK-norm": "RMSNorm + RoPE"}
+    for name, reference in references.items():
+        base, (mean, lo, hi) = rows[reference], rows[name]
         apart = hi < base[1] or lo > base[2]
         line = re.search(rf"^{re.escape(name)}\s+[+-][\d.]+ mean validation loss: (.+)$", text, re.M)
-        assert line.group(1).startswith("better" if apart and rows[name][0] < base[0]
+        assert line.group(1).startswith("better" if apart and mean < base[0]
                                         else "worse" if apart else "no measurable difference")
+    below = sum(hi < small_bigram for _, _, hi in rows.values())
+    assert f"{below} of 6 variants ended below the bigram baseline" in text
     assert re.search(r"(Early stopping (fired|did not fire))", text)
     assert text.count("--- prompt") == 3
     assert (tmp_path / "runs" / "ch06" / "modern" / "best.pt").is_file()
