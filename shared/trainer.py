@@ -38,7 +38,7 @@ from shared import checks, distributed, speedups
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.data import get_batch
 from shared.files import exclusive_folder
-from shared.token_files import load_tokens
+from shared.token_files import load_tokens, read_meta
 from shared.device import get_device
 
 
@@ -284,6 +284,14 @@ def _save(run, path, optimizer=None, **extra):
                     train_config=asdict(run.cfg), **extra)
 
 
+def _ids_below(data):
+    """meta.json's vocab_size beside a token file (its ids are below it), without reading the
+    file; None for an array that is not a token file with a meta.json."""
+    filename = getattr(data, "filename", None)
+    meta = read_meta(Path(filename).parent) if filename else None
+    return meta.get("vocab_size") if meta else None
+
+
 # --- Starting, resuming ------------------------------------------------------------------------------
 
 def _check_data(model, splits, cfg):
@@ -291,7 +299,7 @@ def _check_data(model, splits, cfg):
     checks.check_window(cfg.block_size, getattr(model, "context_length", None), "block_size")
     vocab_size = getattr(model, "cfg", {}).get("vocab_size")
     for name, data in splits.items():
-        checks.check_token_array(data, vocab_size, f"the {name} split")
+        checks.check_token_array(data, vocab_size, f"the {name} split", _ids_below(data))
     for name, data in splits.items():
         if len(data) < cfg.block_size + 1:
             raise ValueError(f"the {name} split has {len(data)} tokens, fewer than one window of "
