@@ -486,3 +486,25 @@ def test_a_token_file_whose_meta_json_names_a_larger_vocabulary_is_refused(tmp_p
     with pytest.raises(ValueError, match=r"the train split holds ids up to 50256 \(meta.json\), "
                                          r"but the model's vocab_size is 20"):
         train(model, tokens, tokens, cfg, tmp_path / "out", progress=False)
+
+
+def test_mixed_precision_leaves_the_cpu_in_float32():
+    """amp applies on CUDA only: on the CPU no autocast and no change of matmul precision."""
+    before = torch.get_float32_matmul_precision()
+    with trainer_module.mixed_precision(TrainConfig(amp=True), torch.device("cpu")) as autocast:
+        assert autocast is None
+        assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_precision_on_cuda_is_bf16_and_tf32_for_the_run_only():
+    before = torch.get_float32_matmul_precision()
+    cuda = torch.device("cuda")
+    with trainer_module.mixed_precision(TrainConfig(amp=True), cuda) as autocast:
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 for what autocast leaves
+        with autocast:
+            product = torch.ones(8, 8, device=cuda) @ torch.ones(8, 8, device=cuda)
+        assert product.dtype == torch.bfloat16
+    assert torch.get_float32_matmul_precision() == before
+    with trainer_module.mixed_precision(TrainConfig(amp=False), cuda) as autocast:
+        assert autocast is None and torch.get_float32_matmul_precision() == before
