@@ -24,7 +24,7 @@ BUNDLED_ENCODING = (Path(__file__).resolve().parents[1] / "bundled" / "mirror"
 def _encoding_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding:
     """Build tiktoken's "gpt2" encoding from local copies of OpenAI's two files.
 
-    tiktoken checks both files against the SHA-256 hashes it knows, so a wrong or damaged mirror
+    tiktoken checks both files against the SHA-256 hashes it knows, so a wrong or damaged copy
     cannot produce a subtly different tokenizer.
     """
     from tiktoken_ext import openai_public
