@@ -2,6 +2,7 @@
 import torch
 
 from shared.config import non_gpt2_switches, with_defaults
+from shared.gpt2 import gpt2_array_name, gpt2_arrays
 from shared.model import GPTModel
 from shared.tokenizer import EOT_ID
 
@@ -39,33 +40,15 @@ def check_gpt2_layout(cfg: dict) -> None:
 
 @torch.no_grad()
 def copy_weights_to_hf(ours: GPTModel, hf) -> None:
-    """Load our GPTModel's weights into GPT2LMHeadModel.
-
-    HF keeps GPT-2's original Conv1D layout: weights are (in, out), the transpose of nn.Linear's,
-    and the query, key and value projections are one fused (d, 3d) matrix, c_attn.
-    """
+    """Load our GPTModel's weights into GPT2LMHeadModel, through the map the GPT-2 loader uses
+    (shared.gpt2.gpt2_arrays): HF keeps GPT-2's own arrays, Conv1D weights (in, out) and the
+    fused query/key/value matrix c_attn."""
     check_gpt2_layout(ours.cfg)
-    t = hf.transformer
     tied = ours.out_head.weight is ours.tok_emb.weight
-    if tied != (hf.lm_head.weight is t.wte.weight):
+    if tied != (hf.lm_head.weight is hf.transformer.wte.weight):
         raise ValueError("tie the output head in both models or in neither")
-    t.wte.weight.copy_(ours.tok_emb.weight)
+    arrays = gpt2_arrays(ours)
+    for name, param in hf.transformer.named_parameters():
+        param.copy_(arrays[gpt2_array_name(name)])
     if not tied:
         hf.lm_head.weight.copy_(ours.out_head.weight)
-    t.wpe.weight.copy_(ours.pos_emb.weight)
-    for block, h in zip(ours.trf_blocks, t.h):
-        att = block.att
-        h.attn.c_attn.weight.copy_(torch.cat([att.W_query.weight, att.W_key.weight,
-                                              att.W_value.weight]).T)
-        h.attn.c_attn.bias.copy_(torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias]))
-        h.attn.c_proj.weight.copy_(att.out_proj.weight.T)
-        h.attn.c_proj.bias.copy_(att.out_proj.bias)
-        h.mlp.c_fc.weight.copy_(block.ff.layers[0].weight.T)
-        h.mlp.c_fc.bias.copy_(block.ff.layers[0].bias)
-        h.mlp.c_proj.weight.copy_(block.ff.layers[2].weight.T)
-        h.mlp.c_proj.bias.copy_(block.ff.layers[2].bias)
-        for ours_norm, hf_norm in [(block.norm1, h.ln_1), (block.norm2, h.ln_2)]:
-            hf_norm.weight.copy_(ours_norm.weight)
-            hf_norm.bias.copy_(ours_norm.bias)
-    t.ln_f.weight.copy_(ours.final_norm.weight)
-    t.ln_f.bias.copy_(ours.final_norm.bias)

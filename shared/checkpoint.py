@@ -9,17 +9,12 @@ import torch
 from shared import checks
 from shared.config import MODEL_SWITCHES, with_defaults
 from shared.files import atomic_path
+from shared.model import unwrap_model
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded here: damaged, not ours, or of another model or optimizer."""
-
-
-def unwrap_model(model):
-    """The plain module inside DistributedDataParallel (.module) or torch.compile (._orig_mod)."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 def save_checkpoint(path, model, optimizer=None, **extra):

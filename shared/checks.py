@@ -20,13 +20,18 @@ SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "num_heads", "num_layers
 REQUIRED_KEYS = tuple(GPT_CONFIG_124M)  # the book's keys: sizes, drop_rate, qkv_bias
 
 
+def is_whole(value, low: int = 1) -> bool:
+    """A whole number >= low: Python's or numpy's integers, never a bool (True is 1 to Python)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
 def check_model_config(cfg: dict) -> None:
     """A configuration GPTModel can build, or a message naming the first bad key."""
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
         raise ValueError(f"config is missing {missing}; start from a copy of GPT_CONFIG_124M")
     for key in SIZE_KEYS:  # numpy integers pass too (GPTModel stores them as int)
-        if not isinstance(cfg[key], numbers.Integral) or isinstance(cfg[key], bool) or cfg[key] < 1:
+        if not is_whole(cfg[key]):
             raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["emb_dim"] % cfg["num_heads"]:
         raise ValueError(f"emb_dim {cfg['emb_dim']} must be divisible by num_heads {cfg['num_heads']}")
@@ -76,7 +81,7 @@ def check_token_ids(idx, vocab_size=None, name="idx"):
 
 def check_window(size, context_length, name="context_size"):
     """A window of 1 .. context_length tokens: the model has no positions beyond its context."""
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+    if not is_whole(size):
         raise ValueError(f"{name} must be a whole number >= 1 (usually model.context_length), "
                          f"got {size!r}")
     if context_length is not None and size > context_length:
@@ -105,16 +110,14 @@ def check_sampling(temperature, top_k):
         raise ValueError(f"temperature {temperature} is so small that the logits divided by it can "
                          f"overflow; use 0 for greedy decoding (what it amounts to) or at least "
                          f"{MIN_TEMPERATURE:g}")
-    if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool)
-                              or top_k <= 0):
+    if top_k is not None and not is_whole(top_k):
         raise ValueError(f"top_k must be a positive whole number of tokens (or None for no limit), "
                          f"got {top_k!r}")
 
 
 def check_eos(eos_id, vocab=None):
     """An end-of-text id the model can produce; one it never samples would never stop."""
-    if eos_id is not None and (not isinstance(eos_id, numbers.Integral) or isinstance(eos_id, bool)
-                               or not 0 <= eos_id < (vocab or math.inf)):
+    if eos_id is not None and not (is_whole(eos_id, 0) and eos_id < (vocab or math.inf)):
         valid = f"in [0, {vocab})" if vocab else ">= 0"
         raise ValueError(f"eos_id must be a token id the model can produce, {valid}, got {eos_id}; "
                          "use the tokenizer's end-of-text id (EOT_ID = 50256 for GPT-2)")
@@ -152,17 +155,15 @@ def check_train_config(cfg) -> None:
                          f"{cfg.warmup_iters}: lower warmup_iters or raise lr_decay_iters")
 
 
-def check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id):
-    """The edge of generation: every argument, against the model it will run on."""
-    from shared.checkpoint import unwrap_model  # the plain module inside DDP / torch.compile
-
-    core = unwrap_model(model)
+def check_generate_args(core, idx, max_new_tokens, context_size, temperature, top_k, eos_id):
+    """The edge of generation: every argument, against the plain model it will run on (the module
+    inside DDP / torch.compile: shared.model.unwrap_model)."""
     check_token_ids(idx, core.cfg["vocab_size"] if hasattr(core, "cfg") else None)
     weight = next(core.parameters(), None)
     if weight is not None and idx.device != weight.device:
         raise ValueError(f"the token ids are on {idx.device} but the model is on {weight.device}: "
                          f"move them first, e.g. idx.to({str(weight.device)!r})")
-    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+    if not is_whole(max_new_tokens, 0):
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
     check_window(context_size, getattr(core, "context_length", None))
     check_sampling(temperature, top_k)
@@ -184,7 +185,7 @@ def check_decodable(ids, n_vocab):
 def check_positive(**sizes):
     """Each named size a whole number >= 1: check_positive(max_length=4, stride=0) fails on stride."""
     for name, value in sizes.items():
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        if not is_whole(value):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
@@ -214,7 +215,7 @@ def check_windows(num_tokens, max_length, num_windows, batch_size, drop_last):
 
 def _whole(cfg, name, low):
     value = getattr(cfg, name)
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+    if not is_whole(value, low):
         raise ValueError(f"TrainConfig.{name} must be a whole number >= {low}, got {value!r}")
 
 

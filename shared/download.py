@@ -62,6 +62,8 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
+from shared.checks import is_whole
+
 try:
     import fcntl
 except ImportError:  # Windows: downloads into one destination are not serialised
@@ -216,7 +218,7 @@ def download_prefix(url, destination, max_bytes, *, progress=True, retries=3, ti
     """
     from shared.files import atomic_path
 
-    if not isinstance(max_bytes, numbers.Integral) or isinstance(max_bytes, bool) or max_bytes < 1:
+    if not is_whole(max_bytes):
         raise ValueError(f"max_bytes must be a whole number >= 1, got {max_bytes!r}")
     _check_args(retries, timeout, deadline)
     destination = Path(destination)
@@ -254,15 +256,14 @@ def _check_args(retries, timeout, deadline, size=None, sha256=None) -> None:
     def number(x):
         return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
-    if not isinstance(retries, numbers.Integral) or isinstance(retries, bool) or retries < 0:
+    if not is_whole(retries, 0):
         raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
     if not number(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     if deadline not in (None, "auto") and not (number(deadline) and deadline > 0):
         raise ValueError(f"deadline must be a number of seconds > 0, 'auto' or None, "
                          f"got {deadline!r}")
-    if size is not None and (not isinstance(size, numbers.Integral) or isinstance(size, bool)
-                             or size < 0):
+    if size is not None and not is_whole(size, 0):
         raise ValueError(f"size must be a whole number of bytes >= 0, got {size!r}")
     if sha256 is not None and not (isinstance(sha256, str)
                                    and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):

@@ -12,7 +12,7 @@ stays as plain as chapter 4's.
 import torch
 
 from shared import checks
-from shared.checkpoint import unwrap_model
+from shared.model import unwrap_model
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
@@ -64,8 +64,8 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
     Rows that have produced `eos_id` keep yielding eos_id as padding; the stream ends early when
     every row has finished (the step in which the last row finishes is not yielded).
     """
-    checks.check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
     core = unwrap_model(model)
+    checks.check_generate_args(core, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
     vocab_limit = getattr(core, "tokenizer_vocab_size", None)  # a padded vocab's extra rows
     cache = core.new_kv_cache(idx.size(0), max_len=context_size) if use_cache else None
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)

@@ -20,6 +20,7 @@ and the leading singleton dimension of the 1x1-convolution weights squeezed away
                  "ln_1": {"g": (C,), "b": (C,)}, "ln_2": {"g": (C,), "b": (C,)}}, ...]}
 """
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,30 @@ from shared.tf_checkpoint import CheckpointFileError, load_variables
 from shared.tokenizer import GPT2_VOCAB_SIZE
 
 GPT2_MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
-GPT2_SIZES = ("124M", "355M", "774M", "1558M")
+
+
+@dataclass(frozen=True)
+class GPT2Size:
+    """One published GPT-2: its name, Hugging Face's copy, and the three numbers its shape
+    differs in (every size shares the rest: gpt2_config)."""
+    name: str        # "gpt2-small"
+    hf_repo: str     # Hugging Face's copy of the same weights
+    emb_dim: int
+    num_layers: int
+    num_heads: int
+
+    @property
+    def dims(self) -> dict:
+        return {"emb_dim": self.emb_dim, "num_layers": self.num_layers, "num_heads": self.num_heads}
+
+
+# The four sizes, by the name of OpenAI's folder (GPT2_MODELS_URL/<size>/).
+GPT2_SIZES = {
+    "124M": GPT2Size("gpt2-small", "openai-community/gpt2", 768, 12, 12),
+    "355M": GPT2Size("gpt2-medium", "openai-community/gpt2-medium", 1024, 24, 16),
+    "774M": GPT2Size("gpt2-large", "openai-community/gpt2-large", 1280, 36, 20),
+    "1558M": GPT2Size("gpt2-xl", "openai-community/gpt2-xl", 1600, 48, 25),
+}
 GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
               "model.ckpt.index", "model.ckpt.meta", "vocab.bpe")
 # (size, SHA-256) of the files whose bytes are known in advance. OpenAI publishes no digests for
@@ -45,17 +69,7 @@ GPT2_PINNED = {"checkpoint": (77, "dd1b025d2e155283f5e300ce95bf6d5b6bc0f7fe010db
 # Hugging Face keeps the same weights as safetensors, in OpenAI's orientation.
 GPT2_SOURCES = ("openai", "huggingface")
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{name}"
-HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
-            "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
 HF_FILES = ("config.json", "model.safetensors")
-
-# The four sizes differ only in width, depth and number of heads.
-GPT2_CONFIGS = {
-    "gpt2-small (124M)": {"emb_dim": 768, "num_layers": 12, "num_heads": 12},
-    "gpt2-medium (355M)": {"emb_dim": 1024, "num_layers": 24, "num_heads": 16},
-    "gpt2-large (774M)": {"emb_dim": 1280, "num_layers": 36, "num_heads": 20},
-    "gpt2-xl (1558M)": {"emb_dim": 1600, "num_layers": 48, "num_heads": 25},
-}
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -67,12 +81,11 @@ class CorruptCheckpointError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 def gpt2_config(name: str) -> dict:
-    """Full GPTModel config for "gpt2-small (124M)" ... "gpt2-xl (1558M)", or "124M" ... "1558M"."""
-    full = {n.split("(")[1].rstrip(")"): n for n in GPT2_CONFIGS}.get(name, name)
-    if full not in GPT2_CONFIGS:
-        valid = ", ".join([*GPT2_CONFIGS, *GPT2_SIZES])
-        raise ValueError(f"unknown GPT-2 model {name!r}; valid names: {valid}")
-    return {**GPT_CONFIG_124M, **GPT2_CONFIGS[full],
+    """Full GPTModel config for "124M" ... "1558M", or "gpt2-small (124M)" ... "gpt2-xl (1558M)"."""
+    sizes = {**GPT2_SIZES, **{f"{s.name} ({size})": s for size, s in GPT2_SIZES.items()}}
+    if name not in sizes:
+        raise ValueError(f"unknown GPT-2 model {name!r}; valid names: {', '.join(sizes)}")
+    return {**GPT_CONFIG_124M, **sizes[name].dims,
             "vocab_size": GPT2_VOCAB_SIZE,
             "context_length": 1024,  # GPT-2's learned position table has 1024 rows
             "qkv_bias": True,        # OpenAI's query/key/value projections have biases
@@ -220,12 +233,12 @@ def download_hf_files(model_size: str, models_dir="gpt2", progress: bool = True)
     _check_size_and_source(model_size, "huggingface")
     model_dir = Path(models_dir) / "huggingface" / model_size
     for name in HF_FILES:
-        download_file(HF_URL.format(repo=HF_REPOS[model_size], name=name), model_dir / name,
+        download_file(HF_URL.format(repo=GPT2_SIZES[model_size].hf_repo, name=name), model_dir / name,
                       progress=progress)
     return model_dir
 
 
-def _hf_key(name: str) -> str | None:
+def gpt2_array_name(name: str) -> str | None:
     """Hugging Face's name -> our flat name ("h.0.ln_1.weight" -> "blocks.0.ln_1.g"), or None for
     the attention-mask buffers and the tied output head, which hold no weights of their own."""
     name = name.removeprefix("transformer.")
@@ -274,7 +287,7 @@ def read_hf_checkpoint(model_dir) -> tuple[dict, dict]:
         tensors = load_file(str(path))
     except Exception as err:  # SafetensorError, OSError: truncated or not a safetensors file
         raise CorruptCheckpointError(_damaged(path, err)) from err
-    flat = {_hf_key(name): array for name, array in tensors.items()}
+    flat = {gpt2_array_name(name): array for name, array in tensors.items()}
     flat.pop(None, None)
     expected = gpt2_param_shapes(settings)
     missing = [k for k in expected if k not in flat]
@@ -337,11 +350,6 @@ def assign(left: torch.Tensor, right) -> nn.Parameter:
                         requires_grad=left.requires_grad)
 
 
-def _linear_weight(w) -> torch.Tensor:
-    """TensorFlow computes x @ w with w (in, out); nn.Linear stores its weight as (out, in)."""
-    return torch.as_tensor(w).T
-
-
 def _check_params(gpt, params: dict) -> None:
     """Name every missing or misshapen array before any parameter is replaced, so bad params
     leave the model as it was."""
@@ -362,6 +370,49 @@ def _check_params(gpt, params: dict) -> None:
                          "download_and_load_gpt2 call")
 
 
+# The one map between GPTModel's parameters and GPT-2's arrays, read both ways: by
+# load_weights_into_gpt (GPT-2 -> GPTModel) and by gpt2_arrays (GPTModel -> GPT-2, which
+# benchmarks/hf.py copies into Hugging Face's GPT2LMHeadModel). Each row: our parameter, GPT-2's
+# array, which third of a fused array (None: all of it), and whether it is transposed: TensorFlow
+# computes x @ w with w (in, out), nn.Linear stores its weight as (out, in).
+# c_attn computes query, key and value in one matmul: its (C, 3C) weight holds the three (C, C)
+# matrices side by side, and its bias the three biases. LayerNorm's g (gain) is its weight, b
+# (the shift) its bias.
+EMBEDDING_WEIGHTS = [("tok_emb.weight", "wte", None, False), ("pos_emb.weight", "wpe", None, False),
+                     ("final_norm.weight", "g", None, False), ("final_norm.bias", "b", None, False)]
+BLOCK_WEIGHTS = [
+    ("att.W_query.weight", "attn.c_attn.w", 0, True), ("att.W_query.bias", "attn.c_attn.b", 0, False),
+    ("att.W_key.weight", "attn.c_attn.w", 1, True), ("att.W_key.bias", "attn.c_attn.b", 1, False),
+    ("att.W_value.weight", "attn.c_attn.w", 2, True), ("att.W_value.bias", "attn.c_attn.b", 2, False),
+    ("att.out_proj.weight", "attn.c_proj.w", None, True), ("att.out_proj.bias", "attn.c_proj.b", None, False),
+    ("ff.layers.0.weight", "mlp.c_fc.w", None, True), ("ff.layers.0.bias", "mlp.c_fc.b", None, False),
+    ("ff.layers.2.weight", "mlp.c_proj.w", None, True), ("ff.layers.2.bias", "mlp.c_proj.b", None, False),
+    ("norm1.weight", "ln_1.g", None, False), ("norm1.bias", "ln_1.b", None, False),
+    ("norm2.weight", "ln_2.g", None, False), ("norm2.bias", "ln_2.b", None, False),
+]
+
+
+def gpt2_weight_map(num_layers: int) -> list[tuple[str, str, int | None, bool]]:
+    """(our parameter, GPT-2's flat array name, part of a fused array, transposed) for a GPTModel
+    of `num_layers` blocks: ("trf_blocks.0.att.W_query.weight", "blocks.0.attn.c_attn.w", 0, True)."""
+    rows = list(EMBEDDING_WEIGHTS)
+    for i in range(num_layers):
+        rows += [(f"trf_blocks.{i}.{ours}", f"blocks.{i}.{theirs}", part, transposed)
+                 for ours, theirs, part, transposed in BLOCK_WEIGHTS]
+    return rows
+
+
+def gpt2_arrays(gpt) -> dict:
+    """GPTModel's weights as GPT-2's flat arrays ("blocks.0.attn.c_attn.w": (C, 3C) ...): the
+    inverse of load_weights_into_gpt. The tensors share no memory with the model."""
+    state, parts = gpt.state_dict(), {}
+    for ours, theirs, part, transposed in gpt2_weight_map(len(gpt.trf_blocks)):
+        tensor = state[ours].T if transposed else state[ours]
+        parts.setdefault(theirs, {})[part] = tensor.detach()
+    return {name: torch.cat([p[i] for i in sorted(p)], dim=-1) if None not in p else p[None].clone()
+            for name, p in parts.items()}
+
+
 def load_weights_into_gpt(gpt, params: dict) -> None:
     """Copy OpenAI's arrays into every parameter of `gpt`, a GPTModel built with
     config_from_hparams(settings) or gpt2_config(size)."""
@@ -374,40 +425,14 @@ def load_weights_into_gpt(gpt, params: dict) -> None:
         raise ValueError(f"GPT-2 needs qkv_bias=True and its own layout, not {not_gpt2}; build the "
                          "model with config_from_hparams(settings)")
     _check_params(gpt, params)
-
-    gpt.pos_emb.weight = assign(gpt.pos_emb.weight, params["wpe"])
-    gpt.tok_emb.weight = assign(gpt.tok_emb.weight, params["wte"])
-    for block, p in zip(gpt.trf_blocks, params["blocks"]):
-        att, ff = block.att, block.ff
-        # c_attn computes query, key and value in one matmul: its (C, 3C) weight holds the
-        # three (C, C) matrices side by side, and its bias the three biases.
-        q_w, k_w, v_w = torch.as_tensor(p["attn"]["c_attn"]["w"]).chunk(3, dim=-1)
-        q_b, k_b, v_b = torch.as_tensor(p["attn"]["c_attn"]["b"]).chunk(3, dim=-1)
-        att.W_query.weight = assign(att.W_query.weight, _linear_weight(q_w))
-        att.W_key.weight = assign(att.W_key.weight, _linear_weight(k_w))
-        att.W_value.weight = assign(att.W_value.weight, _linear_weight(v_w))
-        att.W_query.bias = assign(att.W_query.bias, q_b)
-        att.W_key.bias = assign(att.W_key.bias, k_b)
-        att.W_value.bias = assign(att.W_value.bias, v_b)
-        att.out_proj.weight = assign(att.out_proj.weight,
-                                     _linear_weight(p["attn"]["c_proj"]["w"]))
-        att.out_proj.bias = assign(att.out_proj.bias, p["attn"]["c_proj"]["b"])
-
-        ff.layers[0].weight = assign(ff.layers[0].weight,
-                                     _linear_weight(p["mlp"]["c_fc"]["w"]))
-        ff.layers[0].bias = assign(ff.layers[0].bias, p["mlp"]["c_fc"]["b"])
-        ff.layers[2].weight = assign(ff.layers[2].weight,
-                                     _linear_weight(p["mlp"]["c_proj"]["w"]))
-        ff.layers[2].bias = assign(ff.layers[2].bias, p["mlp"]["c_proj"]["b"])
-
-        # LayerNorm: g (gain) is the scale, nn.LayerNorm's weight; b is the shift, its bias.
-        block.norm1.weight = assign(block.norm1.weight, p["ln_1"]["g"])
-        block.norm1.bias = assign(block.norm1.bias, p["ln_1"]["b"])
-        block.norm2.weight = assign(block.norm2.weight, p["ln_2"]["g"])
-        block.norm2.bias = assign(block.norm2.bias, p["ln_2"]["b"])
-
-    gpt.final_norm.weight = assign(gpt.final_norm.weight, params["g"])
-    gpt.final_norm.bias = assign(gpt.final_norm.bias, params["b"])
+    flat = _flatten(params)
+    for ours, theirs, part, transposed in gpt2_weight_map(len(gpt.trf_blocks)):
+        array = torch.as_tensor(flat[theirs])
+        if part is not None:
+            array = array.chunk(3, dim=-1)[part]
+        owner, name = ours.rsplit(".", 1)
+        module = gpt.get_submodule(owner)
+        setattr(module, name, assign(getattr(module, name), array.T if transposed else array))
     # GPT-2 ties its output head to the token embedding: one (vocab, C) matrix used twice.
     gpt.out_head.weight = gpt.tok_emb.weight
 

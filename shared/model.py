@@ -298,3 +298,9 @@ class GPTModel(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (a tied head is counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel (.module) or torch.compile (._orig_mod)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -1,6 +1,5 @@
 """GPT-2's byte-pair encoding through tiktoken, and helpers between text and token-id tensors."""
 import functools
-import os
 from pathlib import Path
 
 import tiktoken
@@ -17,17 +16,15 @@ FILE_SHA256 = {  # OpenAI's two files, as tiktoken knows them
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 FILE_SIZE = {"vocab.bpe": 456318, "encoder.json": 1042301}  # bytes, of the same files
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llm-from-scratch" / "gpt2-encoding"
+# The repository ships both files (bundled/README.md), laid out as ENCODINGS_URL's host and path.
+BUNDLED_ENCODING = (Path(__file__).resolve().parents[1] / "bundled" / "mirror"
+                    / "openaipublic.blob.core.windows.net" / "gpt-2" / "encodings" / "main")
 
 
 def _encoding_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding:
     """Build tiktoken's "gpt2" encoding from local copies of OpenAI's two files.
 
-    tiktoken checks both files against the SHA-256 hashes it knows, so a wrong or damaged mirror
+    tiktoken checks both files against the SHA-256 hashes it knows, so a wrong or damaged copy
     cannot produce a subtly different tokenizer.
     """
     from tiktoken_ext import openai_public
@@ -51,17 +48,14 @@ def _encoding_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding
 def get_tokenizer() -> tiktoken.Encoding:
     """tiktoken's "gpt2" encoding, built from OpenAI's `vocab.bpe` and `encoder.json`.
 
-    The two files come through `shared.download.download_file`: LLM_MIRROR first, then the copies
-    this repository ships in `bundled/`, then OpenAI's server; so no network is needed.
+    The two files are read from the copies this repository ships in `bundled/`, so no network is
+    needed. Without them (the `shared` folder copied alone) tiktoken fetches and caches the same
+    two files itself (TIKTOKEN_CACHE_DIR), checking the same hashes.
     """
-    from shared.download import download_file
-
-    cache = _cache_dir()
-    # With the digests, a damaged copy in the cache is fetched again instead of failing forever.
-    paths = [download_file(ENCODINGS_URL + name, cache / name, progress=False,
-                           size=FILE_SIZE[name], sha256=FILE_SHA256[name])
-             for name in ("vocab.bpe", "encoder.json")]
-    return _encoding_from_files(str(paths[0]), str(paths[1]))
+    paths = [BUNDLED_ENCODING / name for name in ("vocab.bpe", "encoder.json")]
+    if all(path.is_file() for path in paths):
+        return _encoding_from_files(str(paths[0]), str(paths[1]))
+    return tiktoken.get_encoding("gpt2")
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:

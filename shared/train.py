@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from shared.checkpoint import unwrap_model
+from shared.model import unwrap_model
 from shared.generate import generate_text_simple
 from shared.tokenizer import text_to_token_ids, token_ids_to_text
 

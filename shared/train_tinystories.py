@@ -32,19 +32,16 @@ NCCL is used on CUDA, gloo on the CPU.
 """
 import argparse
 import contextlib
-import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from shared import checks
+from shared import checks, distributed
 from shared.checkpoint import CheckpointError, read_checkpoint
 from shared.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
                         probability, seed, stdout_may_close, writable_dir)
 from shared.config import MODEL_SWITCHES, with_defaults
 from shared.token_files import check_vocabulary, load_tokens
-from shared.device import get_device
 from shared.files import FolderInUse, exclusive_folder
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
 from shared.tokenizer import GPT2_VOCAB_SIZE
@@ -81,7 +78,7 @@ def train_config(args, device) -> TrainConfig:
         warmup_iters=args.warmup_iters, lr_decay_iters=args.lr_decay_iters,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_interval=args.eval_interval, eval_iters=args.eval_iters, patience=args.patience,
-        seed=args.seed, device=str(device), amp=args.amp, compile=args.compile)
+        seed=args.seed, device=device, amp=args.amp, compile=args.compile)
 
 
 # Chapter 6's modern model: every switch of shared/config.py's table is a flag (--norm,
@@ -150,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast on CUDA (never used on the CPU)")
+                   help="bf16 autocast and TF32 matmuls on CUDA (never used on the CPU)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar")
     return p
@@ -225,55 +222,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.given = given_flags(argv)
     data_dir, out_dir = Path(args.data_dir), Path(args.out_dir)
-
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
-    if ddp:
-        local_rank = _local_rank()
-        # The name only: the device self-check would run on GPU 0 in every process, before each
-        # one picks its own GPU (the trainer checks the device it trains on).
-        wanted = get_device(args.device, check=False)
-        if wanted.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl")
-        elif wanted.type == "cpu":
-            device = torch.device("cpu")
-            dist.init_process_group("gloo")
-        else:
-            raise ValueError(f"DistributedDataParallel needs CUDA (nccl) or the CPU (gloo), "
-                             f"not {wanted.type}; pass --device cpu or run without torchrun")
-    else:
-        device = get_device(args.device)
-    master = not ddp or dist.get_rank() == 0
-    say = print if master else (lambda *a, **k: None)
-
-    # One run per out-dir: rank 0 holds its lock for the whole run (see shared.files).
-    lock = exclusive_folder(out_dir) if master else contextlib.nullcontext()
-    try:
-        with lock:
-            history = _run(args, data_dir, out_dir, device, ddp, say)
-        if ddp:
-            # Leave together. A rank that exits at once can reach interpreter shutdown while
-            # gloo's worker threads still hold a tensor of the last collective, and PyTorch then
-            # aborts ("terminate called without an active exception"; DDP keeps the process
-            # group alive past destroy_process_group). Only on success: after an error the
-            # other ranks may never arrive.
-            dist.barrier()
-        return history
-    finally:
-        if ddp:
-            dist.destroy_process_group()
-
-
-def _local_rank() -> int:
-    """LOCAL_RANK, which torchrun sets with RANK and WORLD_SIZE; one line if it is not there."""
-    values = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    if not all(value is not None and value.strip().isdigit() for value in values.values()):
-        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
-        raise ValueError(f"RANK and WORLD_SIZE are set but not with a LOCAL_RANK ({shown}): start "
-                         "several processes with torchrun, which sets all three, or unset RANK and "
-                         "WORLD_SIZE to train in one process")
-    return int(values["LOCAL_RANK"])
+    with distributed.launch(args.device) as device:  # torchrun's process group, if under it
+        procs = distributed.processes()
+        # One run per out-dir: rank 0 holds its lock for the whole run (see shared.files).
+        with exclusive_folder(out_dir) if procs.master else contextlib.nullcontext():
+            return _run(args, data_dir, out_dir, device, procs)
 
 
 def _check_windows_fit(args, data_dir, splits):
@@ -285,8 +238,8 @@ def _check_windows_fit(args, data_dir, splits):
                              "lower --block-size")
 
 
-def _run(args, data_dir, out_dir, device, ddp, say):
-    """Build (or restore the size of) the model and train it; the out-dir is locked."""
+def _run(args, data_dir, out_dir, device, procs):
+    """Build (or restore the size of) the model and train it on `device`; the out-dir is locked."""
     if (out_dir / "last.pt").is_dir():  # neither a run to resume nor a free place for one
         raise IsADirectoryError(f"{out_dir / 'last.pt'} is a folder, not a checkpoint: move or "
                                 "rename it, or choose another --out-dir")
@@ -303,18 +256,15 @@ def _run(args, data_dir, out_dir, device, ddp, say):
     val_data = load_tokens(data_dir / "val.bin")
     _check_windows_fit(args, data_dir, {"train": train_data, "val": val_data})
 
-    if device.type == "cuda":  # TF32 matmuls for whatever autocast leaves in fp32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = GPTModel(cfg)
     tcfg = train_config(args, device)
-    world_size = dist.get_world_size() if ddp else 1
+    say = distributed.on_master(print, procs)
     say(f"model: {count_parameters(model):,} parameters, emb {cfg['emb_dim']}, "
         f"{cfg['num_layers']} layers, {cfg['num_heads']} heads, vocab {cfg['vocab_size']}")
     say(f"data: {len(train_data):,} train and {len(val_data):,} val tokens; "
-        f"{tcfg.batch_size * tcfg.block_size * tcfg.grad_accum_steps * world_size:,} tokens per "
-        f"step on {world_size} process(es), device {device}")
+        f"{tcfg.tokens_per_step(procs.world_size):,} tokens per step on {procs.world_size} "
+        f"process(es), device {device}")
     return train(model, train_data, val_data, tcfg, out_dir, resume=args.resume,
                  progress=args.progress)
 

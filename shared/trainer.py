@@ -25,7 +25,7 @@ step for step, as if it had never been interrupted.
 """
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -61,8 +61,8 @@ class TrainConfig:
     eval_iters: int = 20           # batches per split in each evaluation
     patience: int = 0              # stop after this many evaluations without a better val loss; 0: never
     seed: int = 1337               # batches and dropout (each DDP rank adds its rank)
-    device: str | None = None      # None: shared.device.get_device()
-    amp: bool = True               # bf16 autocast on CUDA; ignored elsewhere (CPU bf16 is very slow)
+    device: torch.device | str | None = None  # a torch.device is used as it is; else get_device(device)
+    amp: bool = True               # on CUDA: bf16 autocast, TF32 matmuls; ignored elsewhere (see mixed_precision)
     compile: bool = False          # torch.compile the model (PyTorch 2, best on CUDA)
 
     def __post_init__(self):
@@ -71,6 +71,16 @@ class TrainConfig:
     @property
     def decay_iters(self) -> int:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        """Tokens one optimizer step trains on, over all `world_size` processes."""
+        return self.batch_size * self.block_size * self.grad_accum_steps * world_size
+
+    def values(self) -> dict:
+        """The fields as plain values, as last.pt records them (a torch.device as its name)."""
+        values = asdict(self)
+        values["device"] = None if self.device is None else str(self.device)
+        return values
 
 
 # --- The learning-rate schedule and the optimizer --------------------------------------------------
@@ -223,8 +233,7 @@ class Run:
 
     @property
     def tokens_per_iter(self) -> int:
-        cfg = self.cfg
-        return cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * self.procs.world_size
+        return self.cfg.tokens_per_step(self.procs.world_size)
 
 
 def train_step(run: Run):
@@ -281,7 +290,7 @@ def evaluate_and_save(run: Run) -> bool:
 def _save(run, path, optimizer=None, **extra):
     save_checkpoint(path, run.raw_model, optimizer, iter_num=run.iter_num,
                     model_config=getattr(run.raw_model, "cfg", None),
-                    train_config=asdict(run.cfg), **extra)
+                    train_config=run.cfg.values(), **extra)
 
 
 # --- Starting, resuming ------------------------------------------------------------------------------
@@ -380,7 +389,7 @@ def _apply_settings(run: Run, saved: dict):
     run.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # configure_optimizer's decayed group
     for group in run.optimizer.param_groups:
         group["betas"] = (cfg.beta1, cfg.beta2)
-    changed = [f"{name} {saved[name]!r} -> {value!r}" for name, value in asdict(cfg).items()
+    changed = [f"{name} {saved[name]!r} -> {value!r}" for name, value in cfg.values().items()
                if saved[name] != value]
     if changed:
         run.say(f"resume: applying {', '.join(changed)}")
@@ -406,7 +415,8 @@ def _nothing_left(run: Run, saved: dict) -> bool:
 
 
 def _device_for(cfg):
-    device = get_device(cfg.device)
+    """cfg.device if it is a torch.device (resolved and checked by the caller), else get_device's."""
+    device = cfg.device if isinstance(cfg.device, torch.device) else get_device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -417,11 +427,7 @@ def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
               for name, data in (("train", train_data), ("val", val_data))}
     _check_data(model, splits, cfg)
     procs, device = distributed.processes(), _device_for(cfg)
-
-    def say(line):
-        if procs.master:
-            (log or (tqdm.write if progress else print))(line)
-
+    say = distributed.on_master(log or (tqdm.write if progress else print), procs)
     model.to(device)
     model.train()
     sparse_before = getattr(getattr(model, "tok_emb", None), "sparse", False)
@@ -431,6 +437,22 @@ def _start(model, train_data, val_data, cfg, out_dir, progress, log) -> Run:
                                     (cfg.beta1, cfg.beta2), device.type)
     return Run(cfg, model, model, optimizer, torch.Generator(), device, splits, Path(out_dir),
                procs, say, sparse_before=sparse_before, progress=progress)
+
+
+@contextmanager
+def mixed_precision(cfg: TrainConfig, device: torch.device):
+    """With cfg.amp on CUDA: bf16 autocast (yielded, for each forward) where the GPU has bf16, and
+    TF32 matmuls for what autocast leaves in fp32, until the run ends. None elsewhere: bf16 on
+    the CPU is very slow."""
+    if not (cfg.amp and device.type == "cuda"):
+        yield None
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32
+    try:
+        yield torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_bf16_supported() else None
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 # --- The loop ----------------------------------------------------------------------------------------
@@ -473,7 +495,8 @@ def train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume=False, 
     with exclusive_folder(out_dir) if master else nullcontext():
         run = _start(model, train_data, val_data, cfg, out_dir, progress, log)
         try:
-            return _train(run, resume)
+            with mixed_precision(cfg, run.device) as run.autocast:
+                return _train(run, resume)
         finally:  # the speed-up applied in _start must not outlive this run (the model may be re-used)
             if hasattr(model, "tok_emb"):
                 model.tok_emb.sparse = run.sparse_before
@@ -489,8 +512,6 @@ def _train(run: Run, resume: bool):
     else:
         torch.manual_seed(cfg.seed + run.procs.rank)      # dropout
         run.generator.manual_seed(cfg.seed + run.procs.rank)  # batches: another stream per rank
-    if cfg.amp and run.device.type == "cuda" and torch.cuda.is_bf16_supported():
-        run.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     if cfg.compile:
         run.model = torch.compile(run.model)
     run.eval_model = run.model  # a DDP model's forward would wait for the other ranks

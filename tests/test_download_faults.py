@@ -284,13 +284,13 @@ def test_processes_downloading_one_file_at_once_all_succeed(server, tmp_path, ki
 
 @pytest.mark.slow  # four processes import torch: about 15 s on two busy cores
 def test_four_tokenizer_loads_on_an_empty_cache_all_succeed(tmp_path):
-    """The same through get_tokenizer and a mirror directory (a fast copy, so the old code failed
-    only in some trials; the paced server above makes the race certain)."""
-    if not (REAL_MIRROR / "openaipublic.blob.core.windows.net").is_dir():
-        pytest.skip(f"{REAL_MIRROR} not found")
-    env = {**os.environ, "LLM_MIRROR": str(REAL_MIRROR), "XDG_CACHE_HOME": str(tmp_path)}
+    """Four processes build the tokenizer at once on an empty tiktoken cache: all get GPT-2's
+    ids, and the cache ends with the two files' copies and no half-written one."""
+    cache = tmp_path / "tiktoken"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache)}
     race(4, "", "", "tokenizer", env=env)
-    assert leftovers(tmp_path / "llm-from-scratch" / "gpt2-encoding") == ["encoder.json", "vocab.bpe"]
+    names = leftovers(cache)
+    assert len(names) == 2 and not [n for n in names if n.endswith(".tmp")], names
 
 
 # --- pinned sizes and digests ------------------------------------------------------------------

@@ -10,8 +10,8 @@ import torch
 
 from fake_gpt2 import REAL_HPARAMS, hf_gpt2_from_tf_variables, hf_parameter_count, write_fake_gpt2
 from shared.generate import generate
-from shared.gpt2 import (GPT2_CONFIGS, assign, config_from_hparams, download_and_load_gpt2,
-                         gpt2_config, load_weights_into_gpt)
+from shared.gpt2 import (GPT2_SIZES, _flatten, assign, config_from_hparams, download_and_load_gpt2,
+                         gpt2_arrays, gpt2_config, load_weights_into_gpt)
 from shared.model import GPTModel, count_parameters
 from switches import one_switch_changed
 
@@ -42,7 +42,7 @@ def tf_vars(fake_mirror, monkeypatch):
 
 @pytest.mark.parametrize("size", list(REAL_HPARAMS))
 def test_configs_agree_with_openai_hparams(size):
-    full_name = next(name for name in GPT2_CONFIGS if f"({size})" in name)
+    full_name = f"{GPT2_SIZES[size].name} ({size})"
     cfg = gpt2_config(size)
     assert cfg == gpt2_config(full_name) == config_from_hparams(REAL_HPARAMS[size])
     assert (cfg["context_length"], cfg["vocab_size"], cfg["qkv_bias"]) == (1024, 50257, True)
@@ -52,7 +52,7 @@ def test_configs_agree_with_openai_hparams(size):
 
 
 def test_unknown_config_name_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"gpt2-small \(124M\).*1558M"):
+    with pytest.raises(ValueError, match=r"124M.*1558M.*gpt2-small \(124M\).*gpt2-xl \(1558M\)"):
         gpt2_config("gpt2-tiny")
 
 
@@ -113,6 +113,18 @@ def test_every_parameter_is_assigned(tf_vars, tmp_path):
         assert id(p) != old_id, f"{name} was not replaced"
         assert not torch.equal(p, old_value), f"{name} still holds its initial value"
     assert gpt.out_head.weight is gpt.tok_emb.weight  # tied, as in GPT-2
+
+
+def test_gpt2_arrays_gives_back_the_arrays_that_were_loaded(tf_vars, tmp_path):
+    """The map read backwards (what benchmarks/hf.py copies into Hugging Face's model) returns
+    every array of the checkpoint unchanged, the fused query/key/value ones included."""
+    settings, params = download_and_load_gpt2("355M", tmp_path, progress=False)
+    gpt = GPTModel(config_from_hparams(settings))
+    load_weights_into_gpt(gpt, params)
+    arrays, expected = gpt2_arrays(gpt), _flatten(params)
+    assert arrays.keys() == expected.keys()
+    for name, array in expected.items():
+        torch.testing.assert_close(arrays[name], torch.as_tensor(array), rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("size", list(SHAPES))

@@ -179,7 +179,8 @@ PLANTED_BUGS = {  # file in shared/, (correct text, broken text), the failing ch
     "sample_next_token": ("generate.py", ("probs = torch.softmax(logits / temperature, dim=-1)",
                                           "probs = torch.softmax(logits / (1.1 * temperature), dim=-1)"),
                           "sample_next_token differs from shared.generate's"),
-    "load_weights_into_gpt": ("gpt2.py", ("q_w, k_w, v_w = torch.as_tensor", "k_w, q_w, v_w = torch.as_tensor"),
+    "load_weights_into_gpt": ("gpt2.py", ('("att.W_query.weight", "attn.c_attn.w", 0, True)',
+                                          '("att.W_query.weight", "attn.c_attn.w", 1, True)'),
                               "Tensor-likes are not close"),
 }
 
@@ -195,6 +196,7 @@ def test_planted_library_bug_fails_the_chapters_check(bug, tmp_path, monkeypatch
     filename, (correct, broken), message = PLANTED_BUGS[bug]
     shutil.copytree(REPO / "shared", tmp_path / "shared",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "bundled", tmp_path / "bundled")  # the tokenizer's files
     library_file = tmp_path / "shared" / filename
     source = library_file.read_text(encoding="utf-8")
     assert source.count(correct) == 1, f"the planted bug no longer fits shared/{filename}"

@@ -340,6 +340,7 @@ def test_a_planted_library_bug_fails_the_notebook(name, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "shared", repo / "shared", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "chapters", repo / "chapters")
+    shutil.copytree(REPO / "bundled", repo / "bundled")  # the tokenizer's files, The Verdict
     source = (repo / "shared" / module).read_text()
     assert source.count(old) == 1, f"the planted line is gone from shared/{module}: update PLANTED"
     (repo / "shared" / module).write_text(source.replace(old, new))

@@ -101,22 +101,26 @@ def test_token_ids_to_text_names_an_id_outside_the_vocabulary(tokenizer, bad):
         token_ids_to_text(torch.tensor([15496, bad]), tokenizer)
 
 
-def test_a_damaged_cached_tokenizer_file_is_fetched_again(tmp_path, monkeypatch):
-    """A wrong encoder.json in the cache would make tiktoken's hash check fail on every run;
-    get_tokenizer replaces it from the mirror instead."""
-    import os
+def test_the_tokenizer_is_read_from_the_bundled_files_and_their_hashes_are_checked(tmp_path,
+                                                                                   monkeypatch):
+    """get_tokenizer reads the two files the repository ships (no download), and a changed byte
+    in one of them is refused by tiktoken's hash check instead of giving another tokenizer.
+    (Each read gets an empty tiktoken cache: it would serve the good copy it kept of the path.)"""
     from shared import tokenizer as tok
 
-    if not os.environ.get("LLM_MIRROR"):
-        pytest.skip("needs ../shared/mirror")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cached = tok._cache_dir() / "encoder.json"
-    cached.parent.mkdir(parents=True)
-    cached.write_text("{}")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache-1"))
+
+    for name in ("vocab.bpe", "encoder.json"):
+        (tmp_path / name).write_bytes((tok.BUNDLED_ENCODING / name).read_bytes())
+    monkeypatch.setattr(tok, "BUNDLED_ENCODING", tmp_path)
     tok.get_tokenizer.cache_clear()
     try:
-        enc = tok.get_tokenizer()
-        assert enc.encode("Hello, world") == [15496, 11, 995]  # GPT-2's ids, as hand-checked above
-        assert len(cached.read_bytes()) > 1_000_000
+        assert tok.get_tokenizer().encode("Hello, world") == [15496, 11, 995]  # hand-checked above
+        text = (tmp_path / "encoder.json").read_text(encoding="utf-8")
+        (tmp_path / "encoder.json").write_text(text.replace('"Hello"', '"Hellp"', 1), encoding="utf-8")
+        tok.get_tokenizer.cache_clear()
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache-2"))
+        with pytest.raises(ValueError, match="[Hh]ash mismatch"):
+            tok.get_tokenizer()
     finally:
         tok.get_tokenizer.cache_clear()

@@ -3,6 +3,7 @@
 Tiny models on The Verdict, its GPT-2 ids renumbered 0..n-1 so the vocabulary (and the output
 head) is ~1.4K instead of 50K rows: same code paths, a fraction of the CPU time.
 """
+import json
 import math
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -448,3 +449,62 @@ def test_a_folder_named_last_pt_is_named_as_a_folder_on_resume(verdict_bins, tmp
     with pytest.raises(IsADirectoryError, match="last.pt is a folder"):
         train(tiny_model(vocab), train_bin, val_bin, tiny_config(), tmp_path, resume=True,
               progress=False)
+
+
+def test_a_torch_device_is_used_as_given_and_recorded_by_name(verdict_bins, tmp_path, monkeypatch):
+    """A torch.device in TrainConfig is the caller's resolved device: the trainer does not pick
+    one again, last.pt records its name (a plain value), and a resume with it applies nothing new."""
+    def no_second_choice(*args, **kwargs):
+        raise AssertionError("the trainer resolved the device again")
+
+    monkeypatch.setattr(trainer_module, "get_device", no_second_choice)
+    train_bin, val_bin, vocab = verdict_bins
+    cfg = tiny_config(max_iters=2, eval_interval=2, device=torch.device("cpu"))
+    train(tiny_model(vocab), train_bin, val_bin, cfg, tmp_path, progress=False)
+    extra = load_checkpoint(tmp_path / "last.pt", tiny_model(vocab))
+    assert extra["train_config"]["device"] == "cpu"
+    lines = []
+    train(tiny_model(vocab), train_bin, val_bin, tiny_config(max_iters=4, eval_interval=2,
+                                                            device=torch.device("cpu")),
+          tmp_path, resume=True, progress=False, log=lines.append)
+    applied = [line for line in lines if line.startswith("resume: applying")]
+    assert applied == ["resume: applying max_iters 2 -> 4"], lines
+
+
+def test_a_token_file_whose_meta_json_names_a_larger_vocabulary_is_refused(tmp_path):
+    """The vocabulary meta.json records is compared with the model's before any id is read."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (np.arange(200, dtype=np.uint16) % 20).tofile(folder / "train.bin")
+    (folder / "meta.json").write_text(json.dumps(
+        {"dtype": "uint16", "vocab_size": 50257,
+         "splits": {"train": {"file": "train.bin", "tokens": 200}}}))
+    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
+                          num_heads=2, num_layers=1))
+    cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
+    tokens = load_tokens(folder / "train.bin")  # every id is below 20: only meta.json says 50257
+    with pytest.raises(ValueError, match=r"the train split holds ids up to 50256 \(meta.json\), "
+                                         r"but the model's vocab_size is 20"):
+        train(model, tokens, tokens, cfg, tmp_path / "out", progress=False)
+
+
+def test_mixed_precision_leaves_the_cpu_in_float32():
+    """amp applies on CUDA only: on the CPU no autocast and no change of matmul precision."""
+    before = torch.get_float32_matmul_precision()
+    with trainer_module.mixed_precision(TrainConfig(amp=True), torch.device("cpu")) as autocast:
+        assert autocast is None
+        assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_precision_on_cuda_is_bf16_and_tf32_for_the_run_only():
+    before = torch.get_float32_matmul_precision()
+    cuda = torch.device("cuda")
+    with trainer_module.mixed_precision(TrainConfig(amp=True), cuda) as autocast:
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 for what autocast leaves
+        with autocast:
+            product = torch.ones(8, 8, device=cuda) @ torch.ones(8, 8, device=cuda)
+        assert product.dtype == torch.bfloat16
+    assert torch.get_float32_matmul_precision() == before
+    with trainer_module.mixed_precision(TrainConfig(amp=False), cuda) as autocast:
+        assert autocast is None and torch.get_float32_matmul_precision() == before
