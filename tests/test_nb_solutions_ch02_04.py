@@ -230,3 +230,7 @@ def test_ch04_solutions(tmp_path, monkeypatch):
     assert f"generate_greedy: {new} calls, positions per call {greedy}, {sum(greedy)} in all " \
            f"(formula: {sum(greedy)})" in text
     assert f"generate(use_cache=True): {new} calls, positions per call {cached}, {sum(cached)} in all" in text
+    # once the sequence outgrows the context, the cache processes as many positions as no cache
+    outgrown = next(i for i in range(new) if prompt + i > ctx)
+    assert (f"{sum(cached[outgrown:])} positions there with the cache, {sum(greedy[outgrown:])} without, "
+            f"so it saves nothing there.") in text
