@@ -83,6 +83,11 @@ def test_ch02_solutions(tmp_path, monkeypatch, tokenizer, verdict_text):
         c = counts[1:]
         assert (f"stride {stride}: {len(starts):,} windows; tokens predicted 0 times: {(c == 0).sum():,}, "
                 f"once: {(c == 1).sum():,}, more often: {(c > 1).sum():,} (at most {c.max()}x)") in text
+        # the verdict follows the counts: repeated targets, a gap inside the covered span, or neither
+        covered = c[:np.nonzero(c)[0].max() + 1]
+        kind = "repeats" if c.max() > 1 else "skips" if (covered == 0).any() else "tiles the text"
+        relation = "<" if stride < L else "=" if stride == L else ">"
+        assert f"stride {stride} ({relation} max_length): {kind}:" in text
     assert f"stride {L} (= max_length): tiles the text: every token is a target at most once" in text
 
     # 2.3: before any merge, one symbol per non-space character; merging never adds symbols
@@ -92,9 +97,10 @@ def test_ch02_solutions(tmp_path, monkeypatch, tokenizer, verdict_text):
     assert all(a > b for a, b in zip(counts, counts[1:]))
     # The exact number of merges that halves the symbols, replayed here from the characters with
     # the chapter's own functions (the solution narrows the table's bracket step by step).
-    found = re.search(r"After (\d+) merges they need fewer than half as many symbols \(([\d,]+) < ", text)
+    found = re.search(r"After (\d+) merges they need fewer than half as many symbols \(([\d,]+) < "
+                      r"[\d,]+; \d+ merges leave ([\d,]+)\)", text)
     assert found, "300 merges halve The Verdict's symbols; the solution must say after how many"
-    k, printed = int(found.group(1)), number(found.group(2))
+    k, printed, printed_before = int(found.group(1)), number(found.group(2)), number(found.group(3))
     chapter = {"re": re, "Counter": Counter}
     for cell in code_cells(nbformat.read(REPO / "chapters/ch02_working_with_text.ipynb", as_version=4)):
         for node in ast.parse(cell.source).body:
@@ -113,7 +119,7 @@ def test_ch02_solutions(tmp_path, monkeypatch, tokenizer, verdict_text):
             total += len(symbols) * count
         return total
     half = counts[0] / 2
-    assert symbols_after(k) == printed < half <= symbols_after(k - 1)
+    assert symbols_after(k) == printed < half <= symbols_after(k - 1) == printed_before
     # "the first merges pay the most": the first step of the table removes more symbols than the last
     first_gain, last_gain = counts[0] - counts[1], counts[-2] - counts[-1]
     assert first_gain > last_gain
@@ -224,3 +230,7 @@ def test_ch04_solutions(tmp_path, monkeypatch):
     assert f"generate_greedy: {new} calls, positions per call {greedy}, {sum(greedy)} in all " \
            f"(formula: {sum(greedy)})" in text
     assert f"generate(use_cache=True): {new} calls, positions per call {cached}, {sum(cached)} in all" in text
+    # once the sequence outgrows the context, the cache processes as many positions as no cache
+    outgrown = next(i for i in range(new) if prompt + i > ctx)
+    assert (f"{sum(cached[outgrown:])} positions there with the cache, {sum(greedy[outgrown:])} without, "
+            f"so it saves nothing there.") in text
