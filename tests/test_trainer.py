@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from shared.checkpoint import load_checkpoint
 from shared.data import get_batch
-from shared.token_files import load_tokens
+from shared.token_files import FORMAT_VERSION, load_tokens
 from shared.model import GPT_CONFIG_124M, GPTModel
 from shared.trainer import (TrainConfig, clip_and_step, configure_optimizer, estimate_loss,
                             forward_backward, get_lr, train)
@@ -477,13 +477,13 @@ def test_a_token_file_whose_meta_json_names_a_larger_vocabulary_is_refused(tmp_p
     folder.mkdir()
     (np.arange(200, dtype=np.uint16) % 20).tofile(folder / "train.bin")
     (folder / "meta.json").write_text(json.dumps(
-        {"dtype": "uint16", "vocab_size": 50257,
+        {"format": FORMAT_VERSION, "dtype": "uint16", "vocab_size": 50257,
          "splits": {"train": {"file": "train.bin", "tokens": 200}}}))
     model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
                           num_heads=2, num_layers=1))
     cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
     tokens = load_tokens(folder / "train.bin")  # every id is below 20: only meta.json says 50257
-    with pytest.raises(ValueError, match=r"the train split holds ids up to 50256 \(meta.json\), "
+    with pytest.raises(ValueError, match=r"hold ids up to 50256 \(meta.json\), "
                                          r"but the model's vocab_size is 20"):
         train(model, tokens, tokens, cfg, tmp_path / "out", progress=False)
 
