@@ -321,7 +321,7 @@ def test_solutions_run_and_answers_check(tmp_path, monkeypatch, trained_gpt2_mir
 
     # 5.3: GPT-2's validation loss equals Hugging Face's GPT2LMHeadModel on the same weights and
     # windows (non-overlapping windows of context_length tokens, equal-sized batches).
-    (val_loss,) = printed(r"GPT-2 124M: training loss [\d.]+, validation loss ([\d.]+)", text)
+    (val_loss,) = printed(r"(?m)^GPT-2 124M: training loss [\d.]+, validation loss ([\d.]+)", text)
     ctx = SOLUTIONS_SMALL["context_length"]
     ids = torch.tensor(tokenizer.encode(verdict_text[int(0.9 * len(verdict_text)):]))
     windows = (len(ids) - ctx - 1) // ctx + 1
