@@ -60,6 +60,72 @@ def random_tf_variables(hparams, seed=0):
     return tf_vars
 
 
+def tf_variables_of(gpt):
+    """{TensorFlow name: float32 array} of a GPTModel with GPT-2's layout (qkv biases, tied head):
+    the inverse of shared.gpt2.load_weights_into_gpt."""
+    import torch
+
+    def arr(t):
+        return t.detach().cpu().float().numpy().copy()
+
+    tf_vars = {"model/wte": arr(gpt.tok_emb.weight), "model/wpe": arr(gpt.pos_emb.weight),
+               "model/ln_f/g": arr(gpt.final_norm.weight), "model/ln_f/b": arr(gpt.final_norm.bias)}
+    for i, block in enumerate(gpt.trf_blocks):
+        att, ff, h = block.att, block.ff, f"model/h{i}"
+        qkv_w = torch.cat([att.W_query.weight.T, att.W_key.weight.T, att.W_value.weight.T], dim=1)
+        qkv_b = torch.cat([att.W_query.bias, att.W_key.bias, att.W_value.bias])
+        tf_vars.update({
+            f"{h}/ln_1/g": arr(block.norm1.weight), f"{h}/ln_1/b": arr(block.norm1.bias),
+            f"{h}/attn/c_attn/w": arr(qkv_w)[None], f"{h}/attn/c_attn/b": arr(qkv_b),
+            f"{h}/attn/c_proj/w": arr(att.out_proj.weight.T)[None], f"{h}/attn/c_proj/b": arr(att.out_proj.bias),
+            f"{h}/ln_2/g": arr(block.norm2.weight), f"{h}/ln_2/b": arr(block.norm2.bias),
+            f"{h}/mlp/c_fc/w": arr(ff.layers[0].weight.T)[None], f"{h}/mlp/c_fc/b": arr(ff.layers[0].bias),
+            f"{h}/mlp/c_proj/w": arr(ff.layers[2].weight.T)[None], f"{h}/mlp/c_proj/b": arr(ff.layers[2].bias),
+        })
+    return tf_vars
+
+
+def trained_tf_variables(hparams, text, steps=40, seed=0):
+    """A small GPT-2 trained for `steps` AdamW steps on the whole of `text`, in OpenAI's names.
+
+    A stand-in for OpenAI's trained weights: it has memorised `text`, so its loss on any part of
+    it is far below a unigram model's, which is what chapter 5 reads as "these weights are trained".
+    """
+    import torch
+
+    from shared.gpt2 import config_from_hparams
+    from shared.model import GPTModel
+    from shared.tokenizer import get_tokenizer
+
+    torch.manual_seed(seed)
+    gpt = GPTModel({**config_from_hparams(hparams), "drop_rate": 0.0})
+    ids = torch.tensor(get_tokenizer().encode(text))
+    T = hparams["n_ctx"]
+    starts = torch.arange(0, len(ids) - T - 1, T // 2)
+    windows = torch.stack([ids[s:s + T + 1] for s in starts])  # (N, T + 1)
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(steps):
+        batch = windows[torch.randint(len(windows), (4,))]
+        logits = gpt(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return tf_variables_of(gpt.eval())
+
+
+def write_trained_gpt2(mirror, size, hparams, text, steps=40):
+    """trained_tf_variables under MIRROR/.../gpt-2/models/<size>/; returns its {TF name: array}."""
+    from shared.download import download_file
+
+    model_dir = Path(mirror, *MODELS_HOST_PATH, size)
+    tf_vars = trained_tf_variables(hparams, text, steps)
+    write_tf_checkpoint(model_dir, hparams, tf_vars)
+    for name in ("encoder.json", "vocab.bpe"):
+        download_file(ENCODINGS_URL + name, model_dir / name, progress=False)
+    return tf_vars
+
+
 def write_tf_checkpoint(model_dir, hparams, tf_vars):
     """Write hparams.json, checkpoint and model.ckpt.{index,data-00000-of-00001,meta}."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
