@@ -86,7 +86,7 @@ def test_reads_every_array_without_tensorflow_and_writes_nothing_beside_it(mirro
             "from test_gpt_download import array_at, digest; "
             f"s, p = download_and_load_gpt2('124M', {str(tmp_path)!r}, progress=False); "
             f"print('tensorflow' in sys.modules, digest(array_at(p, n) for n in {names!r}))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), str(REPO / "tests" / "support")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", digest(tf_vars[n] for n in names)]

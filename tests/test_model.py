@@ -15,7 +15,7 @@ VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learne
 
 def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
     """A tiny model in eval mode with unit-scale activations and random norm weights and biases
-    (tests/weights.py), so a wrong GELU, eps or a swapped parameter changes the output."""
+    (tests/support/weights.py), so a wrong GELU, eps or a swapped parameter changes the output."""
     torch.manual_seed(seed)  # dropout masks in the training-mode tests
     model = GPTModel(dict(TINY, norm=norm, pos_encoding=pos_encoding, **overrides))
     return randomize_(model, seed).eval()
