@@ -12,13 +12,14 @@ import torch
 from benchmarks import __main__ as runner
 from benchmarks.common import Target, markdown_table, time_alternating
 from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.speedups import sparse_tied_embedding_grad
 from switches import one_switch_changed
+from tiny import tiny_cfg
 from weights import randomize_
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.0, qkv_bias=True, tie_weights=True)
+TINY = tiny_cfg(vocab_size=300, context_length=32, emb_dim=32, num_heads=4, num_layers=2,
+                qkv_bias=True, tie_weights=True)
 
 
 def test_our_weights_in_hf_give_the_same_logits():

@@ -15,9 +15,10 @@ import torch
 
 import shared.prepare_tinystories as prep
 from shared.data import get_batch
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.token_files import load_tokens
 from shared.trainer import TrainConfig, train
+from tiny import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def other_sample(tinystories_sample, tmp_path):
 
 def tiny_model():
     torch.manual_seed(0)
-    return GPTModel(dict(GPT_CONFIG_124M, context_length=16, emb_dim=8, num_heads=2, num_layers=1))
+    return GPTModel(tiny_cfg(vocab_size=50257))  # GPT-2's ids: the data is its tokenizer's
 
 
 def tiny_config(**overrides):

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
+from tiny import tiny_cfg
 from weights import randomize_
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=97, context_length=24, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.1, qkv_bias=True)
+TINY = tiny_cfg(vocab_size=97, context_length=24, emb_dim=32, num_heads=4, num_layers=2,
+                drop_rate=0.1, qkv_bias=True)
 VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learned"),
             ("rmsnorm", "rope")]
 
@@ -277,8 +278,7 @@ def test_forward_and_decoding_read_no_ids_off_the_cpu():
 def test_a_switch_that_is_not_a_boolean_is_refused(key, value):
     """"False" (a string, as from a hand-written config) is true to Python: it would build the
     model with a bias or a tied head without a word."""
-    cfg = dict(GPT_CONFIG_124M, vocab_size=64, context_length=8, emb_dim=16, num_heads=2,
-               num_layers=1, **{key: value})
+    cfg = tiny_cfg(vocab_size=64, context_length=8, emb_dim=16, **{key: value})
     with pytest.raises(ValueError, match=rf"{key} must be True or False, got {value!r}"):
         GPTModel(cfg)
     GPTModel({**cfg, key: False})
