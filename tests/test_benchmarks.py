@@ -150,6 +150,7 @@ def as_ratio(cell: str) -> float:
     return number(cell.removesuffix("x"))
 
 
+@pytest.mark.slow  # runs every benchmark (9 s on two busy cores)
 def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     targets = runner.main(["--size", "tiny", "--threads", "1", "--in-process"])
     out = capsys.readouterr().out
@@ -202,6 +203,7 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     assert targets[4].value == pytest.approx(number(memmap["RSS growth MB"]), abs=0.5)
 
 
+@pytest.mark.slow  # runs every benchmark, each in a fresh process (15 s on two busy cores)
 def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys, monkeypatch):
     # The default: bench_data's resident-memory numbers must not include what another
     # benchmark left in this process's heap. A patch made in this process cannot reach a
@@ -220,6 +222,7 @@ def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys,
     assert target_prep.value > 0 and target_rss.value < 100
 
 
+@pytest.mark.slow  # three modes, one with torch.compile (10 s on two busy cores)
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_gpu_modes_run_on_the_cpu(capsys):
@@ -260,6 +263,7 @@ def test_missing_sample_data_stops_the_runner_before_any_benchmark_runs(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # a fresh process imports torch (5 s on two busy cores)
 def test_bench_data_without_its_sample_is_one_line(tmp_path):
     import os
     import subprocess

@@ -112,6 +112,7 @@ prep.prepare(sys.argv[1], sys.argv[2], sys.argv[3])
 """
 
 
+@pytest.mark.slow  # prepares and trains in fresh processes (14 s on two busy cores)
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_a_kill_between_the_two_renames_leaves_a_folder_that_training_refuses(
         tinystories_sample, other_sample, tmp_path):

@@ -187,6 +187,7 @@ def test_cuda_batches_equal_cpu_batches(token_file):
     assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
 
 
+@pytest.mark.slow  # writes and samples a 300 MB file (5 s on two busy cores)
 def test_resident_memory_stays_flat_on_a_300_mb_file(tmp_path):
     """Drawing many batches must not pull the file into RAM (a long-lived map grows by ~300 MB)."""
     path = tmp_path / "big.bin"

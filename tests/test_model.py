@@ -183,6 +183,7 @@ def test_pytorch_initialisation(tie_weights):
     assert head_std == pytest.approx(1.0 if tie_weights else 256 ** -0.5 / math.sqrt(3), rel=0.05)
 
 
+@pytest.mark.slow  # forward passes of two 124M-wide models (4 s on two busy cores)
 def test_pytorch_init_loss_near_ln_vocab_untied_and_far_above_tied(initial_loss):
     """The book's chapter 5 model (untied head) starts near ln(V) with PyTorch's defaults too;
     tying the head to the N(0, 1) embedding makes the untrained model wildly overconfident."""
@@ -191,6 +192,7 @@ def test_pytorch_init_loss_near_ln_vocab_untied_and_far_above_tied(initial_loss)
     assert initial_loss(dict(cfg, tie_weights=True)) > 5 * math.log(50257)
 
 
+@pytest.mark.slow  # a forward pass of the full 124M model (5 s on two busy cores)
 def test_loss_at_init_is_ln_vocab(initial_loss):
     """The real 124M model starts near uniform guessing: cross-entropy within 0.5 of ln(50257)."""
     loss = initial_loss(GPT_CONFIG_124M)
