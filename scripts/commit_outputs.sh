@@ -2,13 +2,13 @@
 # Re-execute notebooks *in place*, at their reader (CPU) settings, so the committed files carry the
 # outputs and figures of a real run of the committed code; then record in each notebook the
 # fingerprint of the code it ran (scripts/fingerprint.py: its code cells, the shared/ modules it
-# imports, the data in bundled/). tests/test_committed_outputs.py fails when that code changes
+# imports, the data in bundled/). tests/notebooks/test_committed_outputs.py fails when that code changes
 # afterwards, so run this after changing anything a notebook uses, then commit the notebooks.
 #
 # Optional arguments name the notebooks to run (default: all of them, in reading order).
 # Chapter 5's GPT-2 section needs GPT-2's files: without a network or LLM_MIRROR holding them it is
 # skipped (the notebook says so). `FAKE_GPT2=1` serves a random stand-in in OpenAI's exact layout
-# instead (tests/fake_gpt2.py), which the chapter reports as "not OpenAI's weights".
+# instead (tests/support/fake_gpt2.py), which the chapter reports as "not OpenAI's weights".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
@@ -21,7 +21,7 @@ export MPLBACKEND=module://matplotlib_inline.backend_inline
 if [ "${FAKE_GPT2:-0}" = 1 ]; then
   stand_in="$(mktemp -d)"
   trap 'rm -rf "$stand_in"' EXIT
-  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python tests/fake_gpt2.py "$stand_in"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python tests/support/fake_gpt2.py "$stand_in"
   export LLM_MIRROR="$stand_in${LLM_MIRROR:+:$LLM_MIRROR}"
 fi
 notebooks=("$@")

@@ -5,7 +5,7 @@ bundled/) and the outputs that run printed.
     python scripts/fingerprint.py --record NOTEBOOK ...   # after a run: store it in the metadata
     python scripts/fingerprint.py --check NOTEBOOK ...    # is it still true? (exit status 1 if not)
 
-scripts/commit_outputs.sh records it after each run; tests/test_committed_outputs.py checks every
+scripts/commit_outputs.sh records it after each run; tests/notebooks/test_committed_outputs.py checks every
 notebook that carries outputs. A check fails when the code changed since the run (re-run the
 notebook) or when an output was edited by hand (its digest no longer matches).
 """

@@ -1,11 +1,17 @@
-"""Shared fixtures. Tests run offline: LLM_MIRROR points at ../shared/mirror when it is not set."""
+"""Shared fixtures. Tests run offline: LLM_MIRROR points at ../shared/mirror when it is not set.
+
+tests/ holds the library's tests, tests/notebooks/ the tests that execute or read the notebooks, and
+tests/support/ the helpers both import by module name (fakes, servers, nbrun), put on sys.path here.
+"""
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 if not os.environ.get("LLM_MIRROR") and (SHARED_DATA / "mirror").is_dir():
     os.environ["LLM_MIRROR"] = str(SHARED_DATA / "mirror")

@@ -12,13 +12,14 @@ import torch
 from benchmarks import __main__ as runner
 from benchmarks.common import Target, markdown_table, time_alternating
 from benchmarks.hf import check_gpt2_layout, copy_weights_to_hf, hf_gpt2
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.speedups import sparse_tied_embedding_grad
 from switches import one_switch_changed
+from tiny import tiny_cfg
 from weights import randomize_
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=300, context_length=32, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.0, qkv_bias=True, tie_weights=True)
+TINY = tiny_cfg(vocab_size=300, context_length=32, emb_dim=32, num_heads=4, num_layers=2,
+                qkv_bias=True, tie_weights=True)
 
 
 def test_our_weights_in_hf_give_the_same_logits():
@@ -149,6 +150,7 @@ def as_ratio(cell: str) -> float:
     return number(cell.removesuffix("x"))
 
 
+@pytest.mark.slow  # runs every benchmark (9 s on two busy cores)
 def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     targets = runner.main(["--size", "tiny", "--threads", "1", "--in-process"])
     out = capsys.readouterr().out
@@ -201,6 +203,7 @@ def test_tiny_run_prints_every_table_and_ratio(tinystories_sample, capsys):
     assert targets[4].value == pytest.approx(number(memmap["RSS growth MB"]), abs=0.5)
 
 
+@pytest.mark.slow  # runs every benchmark, each in a fresh process (15 s on two busy cores)
 def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys, monkeypatch):
     # The default: bench_data's resident-memory numbers must not include what another
     # benchmark left in this process's heap. A patch made in this process cannot reach a
@@ -219,6 +222,7 @@ def test_runner_gives_each_benchmark_a_fresh_process(tinystories_sample, capsys,
     assert target_prep.value > 0 and target_rss.value < 100
 
 
+@pytest.mark.slow  # three modes, one with torch.compile (10 s on two busy cores)
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_gpu_modes_run_on_the_cpu(capsys):
@@ -259,6 +263,7 @@ def test_missing_sample_data_stops_the_runner_before_any_benchmark_runs(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # a fresh process imports torch (5 s on two busy cores)
 def test_bench_data_without_its_sample_is_one_line(tmp_path):
     import os
     import subprocess

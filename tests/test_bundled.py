@@ -63,6 +63,7 @@ def test_validation_excerpt_continues_the_training_excerpt_without_overlap():
     assert not set(train) & set(val)
 
 
+@pytest.mark.slow  # a fresh process imports torch (7 s on two busy cores)
 def test_the_verdict_and_the_tokenizer_come_from_the_bundled_copies_without_a_network(tmp_path):
     """No LLM_MIRROR, and every connection goes to a closed local port: the bundled copies serve."""
     script = (

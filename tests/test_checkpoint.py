@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
+from tiny import tiny_cfg
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -17,8 +18,7 @@ class Mode(enum.IntEnum):
     TRAIN = 1
 
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=50, context_length=8, emb_dim=16, num_heads=2,
-            num_layers=1, drop_rate=0.0)
+TINY = tiny_cfg(vocab_size=50, context_length=8, emb_dim=16)
 
 
 def make(seed):

@@ -15,9 +15,10 @@ import torch
 
 import shared.prepare_tinystories as prep
 from shared.data import get_batch
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.token_files import load_tokens
 from shared.trainer import TrainConfig, train
+from tiny import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def other_sample(tinystories_sample, tmp_path):
 
 def tiny_model():
     torch.manual_seed(0)
-    return GPTModel(dict(GPT_CONFIG_124M, context_length=16, emb_dim=8, num_heads=2, num_layers=1))
+    return GPTModel(tiny_cfg(vocab_size=50257))  # GPT-2's ids: the data is its tokenizer's
 
 
 def tiny_config(**overrides):
@@ -111,6 +112,7 @@ prep.prepare(sys.argv[1], sys.argv[2], sys.argv[3])
 """
 
 
+@pytest.mark.slow  # prepares and trains in fresh processes (14 s on two busy cores)
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_a_kill_between_the_two_renames_leaves_a_folder_that_training_refuses(
         tinystories_sample, other_sample, tmp_path):

@@ -4,10 +4,10 @@ import torch
 import torch.nn as nn
 
 from shared.generate import generate, generate_text_simple, sample_next_token
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
+from tiny import tiny_cfg
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=64, context_length=16, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.0, pos_encoding="rope")
+TINY = tiny_cfg(vocab_size=64, emb_dim=32, num_heads=4, num_layers=2, pos_encoding="rope")
 
 
 @pytest.fixture(scope="module")

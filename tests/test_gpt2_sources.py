@@ -93,6 +93,7 @@ for name in [m for m in sys.modules if m.split(".")[0] == "tensorflow"]:
 """
 
 
+@pytest.mark.slow  # a fresh process imports torch (5 s on two busy cores)
 def test_openai_checkpoint_loads_with_tensorflow_impossible(mirror, fake_mirror, tmp_path):
     """A fresh interpreter in which `import tensorflow` raises reads the checkpoint (no cache yet),
     and the logits equal Hugging Face's."""
@@ -178,6 +179,7 @@ def test_damaged_hugging_face_files_are_named(mirror, tmp_path, name, damage, wo
     assert str(path) in str(err.value) and "Delete it" in str(err.value)
 
 
+@pytest.mark.slow  # the command in a fresh process (10 s on two busy cores)
 def test_command_line_huggingface_source(mirror, fake_mirror, tmp_path):
     path, _ = fake_mirror
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": str(path)}
@@ -203,6 +205,7 @@ def test_a_tied_output_head_in_the_file_is_accepted(mirror, tmp_path):
     assert np.array_equal(params["wte"], again["wte"])
 
 
+@pytest.mark.slow  # two sampling commands in fresh processes (10 s on two busy cores)
 def test_sample_command_line_gives_the_same_text_from_both_sources(fake_mirror, tmp_path):
     path, _ = fake_mirror
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_MIRROR": os.pathsep.join(

@@ -68,6 +68,7 @@ def test_unknown_size_lists_the_valid_ones(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing fetched
 
 
+@pytest.mark.slow  # a fresh process imports torch (4 s on two busy cores)
 def test_reads_every_array_without_tensorflow_and_writes_nothing_beside_it(mirror, fake_mirror,
                                                                             tmp_path):
     _, tf_vars = fake_mirror
@@ -86,7 +87,7 @@ def test_reads_every_array_without_tensorflow_and_writes_nothing_beside_it(mirro
             "from test_gpt_download import array_at, digest; "
             f"s, p = download_and_load_gpt2('124M', {str(tmp_path)!r}, progress=False); "
             f"print('tensorflow' in sys.modules, digest(array_at(p, n) for n in {names!r}))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), str(REPO / "tests" / "support")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", digest(tf_vars[n] for n in names)]
@@ -160,6 +161,7 @@ def test_damaged_checkpoint_file_is_named(mirror, tmp_path, name, damage):
     assert params["wte"].shape == (50257, 16)
 
 
+@pytest.mark.slow  # the command in a fresh process (6 s on two busy cores)
 def test_command_line(mirror, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, str(REPO / "gpt_download.py"), "--model-size", "124M",

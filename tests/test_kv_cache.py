@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from shared.generate import generate
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.tokenizer import GPT2_VOCAB_SIZE
+from tiny import tiny_cfg
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=64, context_length=16, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.0, qkv_bias=True)
+TINY = tiny_cfg(vocab_size=64, emb_dim=32, num_heads=4, num_layers=2, qkv_bias=True)
 CONFIGS = {
     "learned-layernorm": dict(pos_encoding="learned", norm="layernorm"),
     "learned-rmsnorm": dict(pos_encoding="learned", norm="rmsnorm"),

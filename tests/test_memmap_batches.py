@@ -74,12 +74,12 @@ def test_plain_arrays_and_slices_of_a_memmap_work_too(token_file):
 
 def test_too_short_split_is_refused_by_the_trainer_with_both_counts(tmp_path):
     """get_batch assumes a long enough array (core); train() checks it first (edge)."""
-    from shared.model import GPT_CONFIG_124M, GPTModel
+    from shared.model import GPTModel
+    from tiny import tiny_cfg
     from shared.trainer import TrainConfig, train
 
     np.arange(10, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
-                          num_heads=2, num_layers=1))
+    model = GPTModel(tiny_cfg())
     cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=16, device="cpu")
     with pytest.raises(ValueError, match=r"the train split has 10 tokens.*block_size \+ 1 = 17"):
         train(model, tmp_path / "t.bin", tmp_path / "t.bin", cfg, tmp_path / "out", progress=False)
@@ -160,7 +160,8 @@ def test_the_vocabulary_meta_json_records_is_what_training_checks(tmp_path):
     """train() takes a token file's largest id from meta.json (one check, shared with
     train_tinystories): ids that would fit a 20-row model are still refused when meta.json says
     the files hold GPT-2's 50257, and the message names meta.json's number."""
-    from shared.model import GPT_CONFIG_124M, GPTModel
+    from shared.model import GPTModel
+    from tiny import tiny_cfg
     from shared.trainer import TrainConfig, train
 
     ids = np.arange(200, dtype=np.uint16) % 20
@@ -169,8 +170,7 @@ def test_the_vocabulary_meta_json_records_is_what_training_checks(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps(
         {"format": FORMAT_VERSION, "vocab_size": 50257, "dtype": "uint16",
          "splits": {s: {"file": f"{s}.bin", "tokens": 200} for s in ("train", "val")}}))
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
-                          num_heads=2, num_layers=1))
+    model = GPTModel(tiny_cfg())
     cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
     with pytest.raises(ValueError, match=r"ids up to 50256 \(meta.json\).*vocab_size is 20"):
         train(model, tmp_path / "train.bin", tmp_path / "val.bin", cfg, tmp_path / "out",
@@ -187,6 +187,7 @@ def test_cuda_batches_equal_cpu_batches(token_file):
     assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
 
 
+@pytest.mark.slow  # writes and samples a 300 MB file (5 s on two busy cores)
 def test_resident_memory_stays_flat_on_a_300_mb_file(tmp_path):
     """Drawing many batches must not pull the file into RAM (a long-lived map grows by ~300 MB)."""
     path = tmp_path / "big.bin"

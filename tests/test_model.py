@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from shared.model import GPT_CONFIG_124M, GPTModel, count_parameters
+from tiny import tiny_cfg
 from weights import randomize_
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=97, context_length=24, emb_dim=32, num_heads=4,
-            num_layers=2, drop_rate=0.1, qkv_bias=True)
+TINY = tiny_cfg(vocab_size=97, context_length=24, emb_dim=32, num_heads=4, num_layers=2,
+                drop_rate=0.1, qkv_bias=True)
 VARIANTS = [("layernorm", "learned"), ("layernorm", "rope"), ("rmsnorm", "learned"),
             ("rmsnorm", "rope")]
 
 
 def tiny_model(norm="layernorm", pos_encoding="learned", seed=0, **overrides):
     """A tiny model in eval mode with unit-scale activations and random norm weights and biases
-    (tests/weights.py), so a wrong GELU, eps or a swapped parameter changes the output."""
+    (tests/support/weights.py), so a wrong GELU, eps or a swapped parameter changes the output."""
     torch.manual_seed(seed)  # dropout masks in the training-mode tests
     model = GPTModel(dict(TINY, norm=norm, pos_encoding=pos_encoding, **overrides))
     return randomize_(model, seed).eval()
@@ -182,6 +183,7 @@ def test_pytorch_initialisation(tie_weights):
     assert head_std == pytest.approx(1.0 if tie_weights else 256 ** -0.5 / math.sqrt(3), rel=0.05)
 
 
+@pytest.mark.slow  # forward passes of two 124M-wide models (4 s on two busy cores)
 def test_pytorch_init_loss_near_ln_vocab_untied_and_far_above_tied(initial_loss):
     """The book's chapter 5 model (untied head) starts near ln(V) with PyTorch's defaults too;
     tying the head to the N(0, 1) embedding makes the untrained model wildly overconfident."""
@@ -190,6 +192,7 @@ def test_pytorch_init_loss_near_ln_vocab_untied_and_far_above_tied(initial_loss)
     assert initial_loss(dict(cfg, tie_weights=True)) > 5 * math.log(50257)
 
 
+@pytest.mark.slow  # a forward pass of the full 124M model (5 s on two busy cores)
 def test_loss_at_init_is_ln_vocab(initial_loss):
     """The real 124M model starts near uniform guessing: cross-entropy within 0.5 of ln(50257)."""
     loss = initial_loss(GPT_CONFIG_124M)
@@ -277,8 +280,7 @@ def test_forward_and_decoding_read_no_ids_off_the_cpu():
 def test_a_switch_that_is_not_a_boolean_is_refused(key, value):
     """"False" (a string, as from a hand-written config) is true to Python: it would build the
     model with a bias or a tied head without a word."""
-    cfg = dict(GPT_CONFIG_124M, vocab_size=64, context_length=8, emb_dim=16, num_heads=2,
-               num_layers=1, **{key: value})
+    cfg = tiny_cfg(vocab_size=64, context_length=8, emb_dim=16, **{key: value})
     with pytest.raises(ValueError, match=rf"{key} must be True or False, got {value!r}"):
         GPTModel(cfg)
     GPTModel({**cfg, key: False})

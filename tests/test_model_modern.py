@@ -7,10 +7,10 @@ import torch
 from shared.config import MODEL_SWITCHES, with_defaults
 from shared.model import GPT_CONFIG_124M, GPTModel, MultiHeadAttention, RotaryEmbedding
 from switches import one_switch_changed
+from tiny import tiny_cfg
 from weights import randomize_
 
-TINY = dict(GPT_CONFIG_124M, vocab_size=101, context_length=16, emb_dim=48, num_heads=3,
-            num_layers=2, drop_rate=0.0, qkv_bias=True)
+TINY = tiny_cfg(vocab_size=101, emb_dim=48, num_heads=3, num_layers=2, qkv_bias=True)
 
 
 # -- RoPE -----------------------------------------------------------------------------------------
@@ -103,8 +103,7 @@ def test_swiglu_matches_huggingface_llama_mlp():
 def test_swiglu_is_two_thirds_as_wide_with_as_many_weights(emb_dim):
     """Hidden width 2/3 * 4 * emb_dim (1024 for 384, 2048 for 768): its three matrices hold as
     many weights as the GELU MLP's two."""
-    cfg = dict(GPT_CONFIG_124M, vocab_size=10, context_length=8, emb_dim=emb_dim, num_heads=6,
-               num_layers=1)
+    cfg = tiny_cfg(vocab_size=10, context_length=8, emb_dim=emb_dim, num_heads=6)
     with torch.device("meta"):  # shapes only
         gelu, swiglu = (GPTModel(dict(cfg, ffn=ffn)).trf_blocks[0].ff for ffn in ("gelu", "swiglu"))
     assert swiglu.up_proj.out_features == swiglu.gate_proj.out_features == 2 * 4 * emb_dim // 3
@@ -117,8 +116,8 @@ def test_swiglu_down_projection_gets_gpt2_residual_scaling():
     that writes into the residual stream."""
     num_layers = 8
     torch.manual_seed(0)
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=10, context_length=8, emb_dim=192,
-                          num_heads=4, num_layers=num_layers, ffn="swiglu"))
+    model = GPTModel(tiny_cfg(vocab_size=10, context_length=8, emb_dim=192, num_heads=4,
+                              num_layers=num_layers, ffn="swiglu"))
     ff = model.trf_blocks[3].ff
     assert ff.gate_proj.weight.std().item() == pytest.approx(0.02, rel=0.02)
     assert ff.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.02)

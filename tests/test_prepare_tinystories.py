@@ -557,6 +557,7 @@ def run_prepare(out, train, val, library=False):
 
 # Free space for the rebuild of the whole sample (~90 KB of train.bin plus datasets' Arrow files):
 # it runs out while datasets writes its Arrow file, while train.bin is written, and at val.bin.
+@pytest.mark.slow  # a preparation in a fresh process fills a tmpfs (6 s each on two busy cores)
 @pytest.mark.parametrize("free_kib, library", [(70, False), (110, False), (150, True), (190, False)])
 def test_a_real_full_disk_is_one_error_line_and_keeps_the_old_dataset(
         tinystories_sample, small_old_dataset, free_kib, library):
@@ -598,6 +599,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_lock_is_taken_ove
     assert (out / "meta.json").exists() and not (out / ".lock").exists()
 
 
+@pytest.mark.slow  # starts a preparation and its workers (5 s on two busy cores)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killing_the_parent_leaves_no_worker_running(tinystories_sample, tmp_path):
     """SIGKILL the parent while 2 workers tokenise: they must be gone within seconds, not keep

@@ -67,6 +67,7 @@ def test_dtypes_scalars_and_empty_tensors_equal_tensorflow(tmp_path):
     assert ours["scalar"].shape == () and ours["empty"].shape == (0, 3)
 
 
+@pytest.mark.slow  # TensorFlow writes and reads 3000 entries (6 s on two busy cores)
 def test_many_entries_span_several_index_blocks(tmp_path):
     """3000 long names make an index of several data blocks, with prefix-compressed keys."""
     arrays = {f"layer_{i:04d}/" + "weights_" * 12 + str(i % 7): np.full(2, i, np.int32)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from shared.data import create_dataloader_v1
-from shared.model import GPT_CONFIG_124M, GPTModel
+from shared.model import GPTModel
 from shared.train import calc_loss_batch, calc_loss_loader, evaluate_model, train_model_simple
+from tiny import tiny_cfg
 
-TINY = dict(GPT_CONFIG_124M, context_length=32, emb_dim=32, num_heads=2, num_layers=1,
-            drop_rate=0.0)  # GPT-2's vocabulary: the tokenizer produces ids up to 50256
+TINY = tiny_cfg(vocab_size=50257, context_length=32, emb_dim=32)  # the tokenizer's ids go up to 50256
 BATCH, CONTEXT = 2, 32
 
 

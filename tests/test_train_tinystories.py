@@ -165,6 +165,7 @@ def torchrun(args, timeout=120):
     return result.stdout
 
 
+@pytest.mark.slow  # torchrun: two ranks train, twice (14 s on two busy cores)
 def test_ddp_on_two_cpu_processes_trains_and_resumes(data_dir, tmp_path):
     out = tmp_path / "ddp"
     common = ["--data-dir", str(data_dir), "--out-dir", str(out), "--eval-interval", "4",
@@ -218,6 +219,7 @@ def replay_steps(args, train_data, ranks):
     return model.state_dict(), rank0_losses, grad_norms
 
 
+@pytest.mark.slow  # torchrun: two ranks train (11 s on two busy cores)
 def test_ddp_averages_gradients_across_ranks(data_dir, tmp_path):
     """Two ranks on their own batches take exactly the step of one process on both batches.
 
@@ -290,6 +292,7 @@ def test_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(data_di
     assert history["iters"] == [0, 2] and not (out / ".lock").exists()
 
 
+@pytest.mark.slow  # two commands in fresh processes (4 s on two busy cores)
 def test_cli_turns_os_errors_into_one_line(data_dir, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")

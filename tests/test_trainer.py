@@ -21,6 +21,7 @@ from shared.token_files import FORMAT_VERSION, load_tokens
 from shared.model import GPT_CONFIG_124M, GPTModel
 from shared.trainer import (TrainConfig, clip_and_step, configure_optimizer, estimate_loss,
                             forward_backward, get_lr, train)
+from tiny import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,9 @@ def verdict_bins(verdict_text, tokenizer, tmp_path_factory):
 
 def tiny_model(vocab_size, drop_rate=0.0, seed=0, tie_weights=False, qkv_bias=False, layers=2):
     torch.manual_seed(seed)
-    return GPTModel({**GPT_CONFIG_124M, "vocab_size": vocab_size, "context_length": 32,
-                     "emb_dim": 32, "num_heads": 2, "num_layers": layers, "drop_rate": drop_rate,
-                     "qkv_bias": qkv_bias, "norm": "rmsnorm", "pos_encoding": "rope",
-                     "tie_weights": tie_weights})
+    return GPTModel(tiny_cfg(vocab_size=vocab_size, context_length=32, emb_dim=32, num_layers=layers,
+                             drop_rate=drop_rate, qkv_bias=qkv_bias, norm="rmsnorm",
+                             pos_encoding="rope", tie_weights=tie_weights))
 
 
 def tiny_config(**overrides):
@@ -305,8 +305,7 @@ def test_config_refuses_fractional_and_non_finite_counts(field, value):
 
 
 def test_train_refuses_2d_data_and_ids_beyond_the_vocabulary(tmp_path):
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
-                          num_heads=2, num_layers=1))
+    model = GPTModel(tiny_cfg())
     cfg = TrainConfig(max_iters=1, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
     flat = np.arange(200) % 20
     with pytest.raises(ValueError, match=r"1-D array of token ids.*\(20, 10\)"):
@@ -317,8 +316,7 @@ def test_train_refuses_2d_data_and_ids_beyond_the_vocabulary(tmp_path):
 
 def test_train_leaves_the_models_embedding_as_it_found_it(tmp_path):
     """The sparse tied-gradient speed-up is the run's: afterwards the model trains with any head."""
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
-                          num_heads=2, num_layers=1, tie_weights=True))
+    model = GPTModel(tiny_cfg(tie_weights=True))
     cfg = TrainConfig(max_iters=2, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
     data = np.arange(200) % 20
     train(model, data, data, cfg, tmp_path / "run", progress=False)
@@ -336,8 +334,7 @@ def test_train_into_a_folder_another_process_holds_is_refused(tmp_path):
     from lock_holder import held_by_another_process
     from shared.files import FolderInUse
 
-    model = GPTModel(dict(GPT_CONFIG_124M, vocab_size=20, context_length=16, emb_dim=8,
-                          num_heads=2, num_layers=1))
+    model = GPTModel(tiny_cfg())
     cfg = TrainConfig(max_iters=2, warmup_iters=0, batch_size=2, block_size=8, device="cpu")
     data = np.arange(200) % 20
     out = tmp_path / "run"

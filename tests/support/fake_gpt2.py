@@ -270,7 +270,7 @@ def use_offline_mirror(path, monkeypatch):
 
 
 if __name__ == "__main__":
-    # python tests/fake_gpt2.py MIRROR_DIR: a random GPT-2 124M in OpenAI's exact layout under
+    # python tests/support/fake_gpt2.py MIRROR_DIR: a random GPT-2 124M in OpenAI's exact layout under
     # MIRROR_DIR/openaipublic.blob.core.windows.net/gpt-2/models/124M/, for an offline machine
     # that must still run chapter 5's GPT-2 section (the chapter reports such weights as not OpenAI's).
     import sys

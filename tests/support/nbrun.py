@@ -1,7 +1,7 @@
 """Execute a notebook top to bottom with papermill, injecting small parameters."""
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_notebook(relpath, parameters, workdir, timeout=900):

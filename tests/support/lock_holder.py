@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOLD = ("import sys, time\n"
         "from shared.files import exclusive_folder\n"
         "with exclusive_folder(sys.argv[1]):\n"
