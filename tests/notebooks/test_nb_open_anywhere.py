@@ -61,7 +61,7 @@ def execute(path, kernel, cwd, parameters=None):
 
 def test_chapter_runs_from_a_fresh_copy_without_install(tmp_path, bare_kernel):
     clone = tmp_path / "clone"
-    for folder in ("chapters", "shared"):
+    for folder in ("chapters", "shared", "bundled"):  # what a clone holds
         shutil.copytree(REPO / folder, clone / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.executed.ipynb"))
     name = "ch02_working_with_text"
