@@ -285,6 +285,11 @@ def test_runs_on_the_bundled_excerpt_and_every_check_passes(tmp_path, tokenizer,
         line = re.search(rf"^{re.escape(name)}\s+[+-][\d.]+ mean validation loss: (.+)$", text, re.M)
         assert line.group(1).startswith("better" if apart and mean < base[0]
                                         else "worse" if apart else "no measurable difference")
+        paired = re.search(r"seed by seed (.+) \(lower in (\d+) of (\d+)\)$", line.group(1))
+        diffs = [float(d) for d in paired.group(1).split(", ")]
+        assert int(paired.group(3)) == len(diffs) == 2
+        assert int(paired.group(2)) == sum(d < 0 for d in diffs)
+        assert math.isclose(sum(diffs) / len(diffs), mean - base[0], abs_tol=2e-3)  # mean of the pairs
     below = sum(hi < small_bigram for _, _, hi in rows.values())
     assert f"{below} of 6 variants ended below the bigram baseline" in text
     assert re.search(r"(Early stopping (fired|did not fire))", text)
