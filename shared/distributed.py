@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: DistributedDataParallel imports this module
+# later, and its functions' default `group=group.WORLD` would then hold the live process group
+# for good. destroy_process_group could not free it, gloo's worker threads would outlive the run
+# and could drop a tensor during interpreter shutdown, which aborts the process ("terminate
+# called without an active exception"). Imported now, those defaults are None.
+import torch.distributed.nn.functional  # noqa: F401
 
 from shared.device import get_device
 
@@ -56,11 +62,9 @@ def launch(prefer: str | None = None):
     device = _rank_device(prefer)
     try:
         yield device
-        # Leave together. A rank that exits at once can reach interpreter shutdown while gloo's
-        # worker threads still hold a tensor of the last collective, and PyTorch then aborts
-        # ("terminate called without an active exception"; DDP keeps the process group alive
-        # past destroy_process_group). Only on success: after an error the other ranks may
-        # never arrive.
+        # Leave together, then destroy the group while every rank is still alive; destroying it
+        # joins gloo's worker threads (see the import of torch.distributed.nn.functional above).
+        # Only on success: after an error the other ranks may never arrive.
         dist.barrier()
     finally:
         dist.destroy_process_group()

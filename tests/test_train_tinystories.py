@@ -5,6 +5,7 @@ shared.prepare_tinystories lays them out (ids of a story, then <|endoftext|>), w
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -156,10 +157,10 @@ def test_cli_resume_applies_the_flags_given_and_keeps_last_pts_for_the_rest(data
     assert saved["optimizer_state_dict"]["param_groups"][0]["weight_decay"] == 0.0
 
 
-def torchrun(args, timeout=120):
+def torchrun(args, timeout=120, program=("-m", "shared.train_tinystories")):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shared.train_tinystories", *args]
+           *program, *args]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
@@ -187,6 +188,33 @@ def test_ddp_on_two_cpu_processes_trains_and_resumes(data_dir, tmp_path):
     assert second["history"]["val_losses"][:2] == first["history"]["val_losses"]
     assert second["history"]["val_losses"][-1] < first["history"]["val_losses"][-1]
 
+
+
+# Run by each rank: main(), then the names of the threads still alive in this process.
+THREADS_LEFT = """
+import os, sys
+from shared.train_tinystories import main
+main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("threads left:", sorted(names), flush=True)
+"""
+
+
+@pytest.mark.slow  # torchrun: two ranks train four steps (7 s)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names come from Linux's /proc")
+def test_ddp_destroys_the_process_group_before_the_ranks_exit(data_dir, tmp_path):
+    """When main() returns under torchrun, gloo's worker threads have been joined: a thread still
+    running during interpreter shutdown can drop a tensor there and abort the process ("terminate
+    called without an active exception"), about one run in thirty on two busy cores. They were
+    left running when DistributedDataParallel's import of torch.distributed.nn.functional held
+    the process group (see shared.distributed)."""
+    script = tmp_path / "threads_left.py"
+    script.write_text(THREADS_LEFT, encoding="utf-8")
+    log = torchrun(["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "ddp"), "--max-iters",
+                    "4", "--eval-interval", "4", *TINY], program=(str(script),))
+    left = re.findall(r"threads left: (\[.*?\])", log)  # the two ranks' lines may interleave
+    assert len(left) == 2, log
+    assert all("gloo" not in names for names in left), left
 
 def replay_steps(args, train_data, ranks):
     """The steps of a `--max-iters` run, by hand in one process, on the batches `ranks` would draw.
