@@ -18,8 +18,10 @@ import torch.distributed as dist
 # later, and its functions' default `group=group.WORLD` would then hold the live process group
 # for good. destroy_process_group could not free it, gloo's worker threads would outlive the run
 # and could drop a tensor during interpreter shutdown, which aborts the process ("terminate
-# called without an active exception"). Imported now, those defaults are None.
-import torch.distributed.nn.functional  # noqa: F401
+# called without an active exception"). Imported now, those defaults are None. (A PyTorch built
+# without torch.distributed, USE_DISTRIBUTED=0, has no such module, and no process group either.)
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 from shared.device import get_device
 

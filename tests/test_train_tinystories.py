@@ -215,6 +215,33 @@ def test_ddp_destroys_the_process_group_before_the_ranks_exit(data_dir, tmp_path
     assert all("gloo" not in names for names in left), left
 
 
+# A PyTorch built without torch.distributed (USE_DISTRIBUTED=0): is_available() is False and
+# torch.distributed.nn cannot be imported.
+WITHOUT_DISTRIBUTED = """
+import sys
+import torch.distributed as dist
+dist.is_available = lambda: False
+
+class NoDistributedNN:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("torch.distributed.nn"):
+            raise ImportError(f"no {name} in this build")
+
+sys.meta_path.insert(0, NoDistributedNN())
+import shared.trainer
+from shared import distributed
+print(distributed.processes())
+"""
+
+
+def test_the_trainer_imports_on_a_pytorch_without_torch_distributed():
+    """shared.distributed imports torch.distributed.nn only where torch.distributed exists."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", WITHOUT_DISTRIBUTED], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "Processes(ddp=False, rank=0, world_size=1)"
+
 def replay_steps(args, train_data, ranks):
     """The steps of a `--max-iters` run, by hand in one process, on the batches `ranks` would draw.
 
